@@ -1,0 +1,13 @@
+"""Errors the package raises for bad input, so scripts can print them without a traceback."""
+
+
+class MtlError(ValueError):
+    """Base class: a problem with the user's input (data, config, arguments)."""
+
+
+class DataError(MtlError):
+    """The data on disk is missing, malformed or inconsistent."""
+
+
+class ConfigError(MtlError):
+    """A configuration key or value is unknown or invalid."""

@@ -1,0 +1,97 @@
+"""Task specifications and the resolution of user task names against a dataset's task table.
+
+A task is one model output. Three kinds exist:
+
+* ``binary``: two classes, one sigmoid unit, masked binary cross-entropy;
+* ``categorical``: ``K`` classes, softmax, masked sparse categorical cross-entropy;
+* ``identity``: person identity for re-identification (classifier over training identities
+  plus an embedding; see ``mtl.reid``).
+
+Labels are integer class indices, ``-1`` where the label is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from mtl.errors import ConfigError
+
+BINARY = "binary"
+CATEGORICAL = "categorical"
+IDENTITY = "identity"
+KINDS = (BINARY, CATEGORICAL, IDENTITY)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a dataset.
+
+    Args:
+        name: output name of the model (a valid Python identifier).
+        classes: class names, index ``i`` is label ``i``.
+        kind: one of ``KINDS``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    kind: str = CATEGORICAL
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"task {self.name!r}: unknown kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.kind == BINARY and len(self.classes) != 2:
+            raise ConfigError(f"binary task {self.name!r} needs exactly 2 classes, got {len(self.classes)}")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TaskSpec":
+        return cls(name=d["name"], classes=tuple(d["classes"]), kind=d.get("kind", CATEGORICAL))
+
+
+def resolve(
+    names: str | Sequence[str] | None,
+    table: Mapping[str, TaskSpec],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> list[TaskSpec]:
+    """Turn user task names (``"age,color"``) into the dataset's task specs, in table order.
+
+    ``all`` (or ``None``) selects every attribute task of the table (``identity`` must be
+    named); ``aliases`` maps a short name to
+    several tasks (``color`` -> ``upcolor, downcolor``). An unknown name raises
+    ``ConfigError`` listing the valid ones.
+    """
+    aliases = dict(aliases or {})
+    if names is None:
+        names = ["all"]
+    if isinstance(names, str):
+        names = [n for n in names.split(",")]
+    wanted: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name == "all":
+            # identity is a different problem (retrieval): it is asked for by name
+            expanded: Iterable[str] = [n for n, s in table.items() if s.kind != IDENTITY]
+        elif name in aliases:
+            expanded = aliases[name]
+        elif name in table:
+            expanded = [name]
+        else:
+            valid = sorted(set(table) | set(aliases) | {"all"})
+            raise ConfigError(f"unknown task {name!r}; valid tasks for this dataset: {', '.join(valid)}")
+        for n in expanded:
+            if n not in wanted:
+                wanted.append(n)
+    if not wanted:
+        raise ConfigError("no task selected")
+    order = list(table)
+    return [table[n] for n in sorted(wanted, key=order.index)]
