@@ -232,8 +232,9 @@ def _cells(arr) -> list:
     if a.dtype == object:
         out = []
         for x in a.reshape(-1):
-            x = np.asarray(x).reshape(-1)
-            out.append(x[0] if x.size else "")
+            while isinstance(x, np.ndarray):  # unwrap 1-element arrays, however deeply nested
+                x = x.reshape(-1)[0] if x.size else ""
+            out.append(x)
         return out
     if a.dtype.kind in "US" and a.ndim == 2 and a.shape[0] > 1:  # char matrix: one row per identity
         return ["".join(str(c) for c in row) for row in a]
