@@ -227,7 +227,7 @@ def test_efficientnet_lite0_classifies_sample_images():
 
 
 def test_efficientnet_lite0_first_layers_match_numpy(lite0_sd):
-    trunk = pretrained.build_pretrained_trunk("efficientnet_lite0", (None, None, 3), "imagenet")
+    trunk = efficientnet_lite.efficientnet_lite0(weights="imagenet")  # the builder's own route
     probe = keras.Model(trunk.input, trunk.get_layer("block00_project_bn").output)
     for h, w in ((48, 64), (41, 53)):  # even and odd sizes (asymmetric TF padding)
         img = _random_image(h, w, seed=h)

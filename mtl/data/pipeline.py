@@ -1,0 +1,153 @@
+"""tf.data input pipelines: decode, resize, augment, batch, prefetch.
+
+Images enter models as float32 RGB in [0, 255]; each trunk normalises for itself, so a
+pretrained trunk gets the scaling its weights expect. A training dataset yields
+``(image, {task: label})`` with ``-1`` where a label is missing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+
+from mtl.progress import progress
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _check_one(path: str) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.convert("RGB").load()  # a full decode: truncated files fail here, not mid-epoch
+        return None
+    except Exception as exc:  # any decoder failure means the file is unusable
+        return f"{type(exc).__name__}: {exc}"
+
+
+def find_unreadable(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
+    """Decode every image once; return ``{path: reason}`` for those that cannot be read."""
+    bad = {}
+    with ThreadPoolExecutor(workers) as pool:
+        for path, reason in progress(zip(paths, pool.map(_check_one, paths)), total=len(paths),
+                                     desc="checking images"):
+            if reason:
+                bad[path] = reason
+    return bad
+
+
+def drop_unreadable(table: pd.DataFrame, workers: int = 4) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Remove rows whose image cannot be decoded, with one warning that counts them."""
+    bad = find_unreadable(table["path"].tolist(), workers)
+    if bad:
+        examples = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(table)}: {examples}", stacklevel=2)
+        table = table[~table["path"].isin(bad)].reset_index(drop=True)
+    return table, bad
+
+
+def decode_image(path: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Read, decode (JPEG/PNG/BMP/GIF) and resize one image to float32 [0, 255]."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(tf.cast(image, tf.float32), (height, width), antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def augment_image(image: tf.Tensor, height: int, width: int, flip: bool = True, pad_crop: int = 0,
+                  color_jitter: float = 0.0, random_erasing: float = 0.0) -> tf.Tensor:
+    """Training augmentation of one [0, 255] image; each part is switchable.
+
+    Random erasing (Zhong et al.) fills a random rectangle (2-40% of the area, aspect 0.3-3.3)
+    with uniform noise, with the given probability.
+    """
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    if pad_crop > 0:
+        image = tf.pad(image, [[pad_crop, pad_crop], [pad_crop, pad_crop], [0, 0]], mode="REFLECT")
+        image = tf.image.random_crop(image, (height, width, 3))
+    if color_jitter > 0:
+        image = image / 255.0
+        image = tf.image.random_brightness(image, color_jitter)
+        image = tf.image.random_contrast(image, 1 - color_jitter, 1 + color_jitter)
+        image = tf.image.random_saturation(image, 1 - color_jitter, 1 + color_jitter)
+        image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
+    if random_erasing > 0:
+        image = _random_erase(image, height, width, random_erasing)
+    return image
+
+
+def _random_erase(image, height, width, probability):
+    area = tf.cast(height * width, tf.float32)
+    target = tf.random.uniform([], 0.02, 0.4) * area
+    log_ratio = tf.random.uniform([], np.log(0.3), np.log(1 / 0.3))
+    ratio = tf.exp(log_ratio)
+    h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32), 1, height)
+    w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32), 1, width)
+    y0 = tf.random.uniform([], 0, height - h + 1, dtype=tf.int32)
+    x0 = tf.random.uniform([], 0, width - w + 1, dtype=tf.int32)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = (rows >= y0) & (rows < y0 + h) & (cols >= x0) & (cols < x0 + w)
+    apply = tf.random.uniform([]) < probability
+    mask = tf.logical_and(inside, apply)[:, :, None]
+    noise = tf.random.uniform(tf.shape(image), 0.0, 255.0)
+    return tf.where(mask, noise, image)
+
+
+def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    return {t: table[t].to_numpy(np.int32) for t in tasks}
+
+
+def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, height: int, width: int,
+                 batch_size: int, training: bool = False, augment: Mapping | None = None,
+                 cache: bool = True, seed: int = 0, repeat: bool = False) -> tf.data.Dataset:
+    """Build the tf.data pipeline.
+
+    Args:
+        paths: image files (already checked with ``drop_unreadable``).
+        labels: ``{task: int array}`` aligned with ``paths``; ``None`` yields images only.
+        height, width: model input size.
+        batch_size: batch size.
+        training: shuffle and augment.
+        augment: keyword arguments of ``augment_image`` (flip, pad_crop, color_jitter, random_erasing).
+        cache: keep decoded images in memory after the first pass.
+        seed: shuffle seed.
+        repeat: repeat forever (for ``steps_per_epoch``).
+    """
+    paths = list(map(str, paths))
+    if not paths:
+        raise ValueError("no images to build a dataset from")
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    if labels is not None:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(dict(labels))))
+    else:
+        ds = ds.map(lambda p: (p,))
+
+    def decode(p, *rest):
+        return (decode_image(p, height, width), *rest)
+
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+    # a file that became unreadable after the check must not crash an epoch
+    ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(paths), 10_000), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        aug = dict(augment or {})
+
+        def do_augment(image, *rest):
+            return (augment_image(image, height, width, **aug), *rest)
+
+        ds = ds.map(do_augment, num_parallel_calls=AUTOTUNE)
+    if labels is None:
+        ds = ds.map(lambda image: image)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    return ds.prefetch(AUTOTUNE)

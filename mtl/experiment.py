@@ -1,0 +1,222 @@
+"""One training run, from a resolved ``Config`` to a run directory.
+
+Run directory contents (each written atomically):
+
+* ``config.yaml``: the resolved config (``scripts/train.py --config`` accepts it unchanged);
+* ``command.txt``: the command line that produced the run;
+* ``tasks.json``: the task specs (names, kinds, classes) in output order;
+* ``data.json``: source format and folder, images / identities per split;
+* ``split.csv``: every image used, with its split (``train`` / ``val``);
+* ``model.keras``: the trained model (best epoch), reloadable in a fresh process;
+* ``history.json``: per-epoch logs; ``checkpoints/``: best weights and the resume backup;
+* ``metrics.json``: validation metrics per task (accuracy, macro F1, per-class P/R/F1, mA);
+* ``val_predictions.csv``: per validation image, true / predicted class and confidence per task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from mtl import tasks as task_lib
+from mtl.config import Config, patience_for, save_config
+from mtl.data.pipeline import drop_unreadable, labels_dict, make_dataset
+from mtl.data.sources import load_source
+from mtl.data.sources.base import SourceData
+from mtl.data.splits import split_by_identity
+from mtl.data.synthetic import ensure_synthetic
+from mtl.io import atomic_path, atomic_write_json, atomic_write_text
+from mtl.losses import inverse_frequency_weights
+from mtl.metrics import class_probabilities, evaluate_task, summarize
+from mtl.models.builder import build_model, get_trunk, model_kwargs
+from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+from mtl.training import (attribute_loss_weights, compile_model, fit_verbosity, make_callbacks, make_optimizer,
+                          WarmupSchedule)
+
+
+@dataclass
+class PreparedData:
+    source: SourceData
+    tasks: list[TaskSpec]
+    train: pd.DataFrame
+    val: pd.DataFrame
+
+
+def data_root(cfg: Config) -> Path:
+    """The data folder of the config, generating the embedded synthetic dataset when unset."""
+    return Path(cfg.data.path) if cfg.data.path else ensure_synthetic()
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Read the source, resolve the tasks, drop unreadable images and split by identity."""
+    source = load_source(data_root(cfg), cfg.data.format, rare_threshold=cfg.data.rare_threshold)
+    tasks = task_lib.resolve(cfg.tasks, source.tasks, source.aliases)
+    labelled = source.subset("train")
+    if cfg.data.max_images:
+        ids = np.random.default_rng(cfg.data.split_seed).permutation(labelled["identity"].unique())
+        counts = labelled.groupby("identity").size().loc[ids].cumsum()
+        keep = counts.index[counts <= cfg.data.max_images]
+        labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
+    labelled, _ = drop_unreadable(labelled)
+    stratify = [t.name for t in tasks if t.kind != IDENTITY]
+    train, val = split_by_identity(labelled, stratify, cfg.data.val_fraction, cfg.data.split_seed)
+    return PreparedData(source, tasks, train, val)
+
+
+def datasets(cfg: Config, data: PreparedData, repeat: bool = False):
+    names = [t.name for t in data.tasks]
+    h, w = cfg.data.image_height, cfg.data.image_width
+    aug = {"flip": cfg.augment.flip, "pad_crop": cfg.augment.pad_crop, "color_jitter": cfg.augment.color_jitter,
+           "random_erasing": cfg.augment.random_erasing}
+    train_ds = make_dataset(data.train["path"], labels_dict(data.train, names), h, w, cfg.train.batch_size,
+                            training=True, augment=aug, cache=cfg.data.cache, seed=cfg.train.seed, repeat=repeat)
+    val_ds = make_dataset(data.val["path"], labels_dict(data.val, names), h, w, cfg.train.batch_size,
+                          cache=cfg.data.cache)
+    return train_ds, val_ds
+
+
+def class_weights_for(data: PreparedData) -> dict:
+    return {t.name: inverse_frequency_weights(data.train[t.name].to_numpy(), t.num_classes)
+            for t in data.tasks if t.kind in (BINARY, CATEGORICAL)}
+
+
+def compile_for(model, cfg: Config, data: PreparedData, steps_per_epoch: int, trainable_trunk: bool = True):
+    t = cfg.train
+    schedule = WarmupSchedule(t.learning_rate, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch,
+                              t.schedule, t.step_epochs * steps_per_epoch)
+    trunk = get_trunk(model)
+    trunk.trainable = trainable_trunk
+    optimizer = make_optimizer(t.optimizer, schedule, t.weight_decay, t.trunk_lr_multiplier,
+                               [v.path for v in trunk.trainable_variables])
+    compile_model(model, data.tasks, optimizer, t.loss_weights,
+                  class_weights_for(data) if t.class_weighting else None, t.label_smoothing, t.jit_compile)
+
+
+def strategy_for(cfg: Config):
+    if cfg.train.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if cfg.train.distribute != "none":
+        raise ValueError(f"unknown distribute {cfg.train.distribute!r}; valid: none, mirrored")
+    return tf.distribute.get_strategy()
+
+
+def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
+    """Train a model for ``cfg`` into ``run_dir`` and evaluate it on the validation split.
+
+    Rerunning into the same folder after an interruption resumes from the last finished epoch.
+
+    Returns:
+        The metrics dict also written to ``metrics.json``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_text(run_dir / "command.txt", (command or shlex.join(sys.argv)) + "\n")
+
+    data = prepare_data(cfg)
+    write_data_files(run_dir, cfg, data)
+    steps = cfg.train.steps_per_epoch or math.ceil(len(data.train) / cfg.train.batch_size)
+    train_ds, val_ds = datasets(cfg, data, repeat=bool(cfg.train.steps_per_epoch))
+
+    strategy = strategy_for(cfg)
+    with strategy.scope():
+        model = build_model(data.tasks, **model_kwargs(cfg))
+    weights = {**attribute_loss_weights(data.tasks, cfg.train.loss_weights)}
+    callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience),
+                               monitor=monitor_for(data.tasks))
+    start = time.time()
+    freeze = min(cfg.train.freeze_trunk_epochs, cfg.train.epochs)
+    phases = [(0, freeze, False), (freeze, cfg.train.epochs, True)] if freeze else [(0, cfg.train.epochs, True)]
+    for first, last, trunk_trainable in phases:
+        if last <= first:
+            continue
+        with strategy.scope():
+            compile_for(model, cfg, data, steps, trainable_trunk=trunk_trainable)
+        with warnings.catch_warnings():
+            # the first epoch of a dataset of unknown length ends by running out of data: expected
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
+                      steps_per_epoch=steps if cfg.train.steps_per_epoch else None, shuffle=False,
+                      callbacks=callbacks, verbose=fit_verbosity())
+        if model.stop_training:
+            break
+    train_time = time.time() - start
+    with atomic_path(run_dir / "model.keras") as tmp:
+        model.save(str(tmp))
+    metrics, predictions = evaluate_model(model, data.tasks, data.val, cfg)
+    with atomic_path(run_dir / "val_predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
+    metrics["training"] = training_summary(run_dir, train_time)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def monitor_for(tasks) -> str:
+    """Early stopping watches the masked attribute loss; identity-only runs watch the training loss
+    (validation identities are disjoint from the classifier's classes)."""
+    return "val_masked_loss" if any(t.kind in (BINARY, CATEGORICAL) for t in tasks) else "loss"
+
+
+def predict_outputs(model, paths, cfg: Config, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Run the model over images batch by batch; returns ``{output: array}`` (bounded memory)."""
+    ds = make_dataset(list(paths), None, cfg.data.image_height, cfg.data.image_width,
+                      batch_size or cfg.train.batch_size, cache=False)
+    chunks: dict[str, list] = {}
+    for batch in ds:
+        out = model(batch, training=False)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def evaluate_model(model, tasks, table: pd.DataFrame, cfg: Config) -> tuple[dict, pd.DataFrame]:
+    """Per-task metrics on labelled images, and a table of true / predicted class and confidence
+    per image and task (what reports show as examples)."""
+    outputs = predict_outputs(model, table["path"], cfg)
+    results = {}
+    frame = table[["path", "identity", "camera"]].copy()
+    for spec in tasks:
+        if spec.kind not in (BINARY, CATEGORICAL):
+            continue
+        probs = class_probabilities(outputs[spec.name], spec)
+        results[spec.name] = evaluate_task(table[spec.name].to_numpy(), probs, spec)
+        frame[f"{spec.name}_true"] = table[spec.name].to_numpy()
+        frame[f"{spec.name}_pred"] = probs.argmax(1)
+        frame[f"{spec.name}_conf"] = probs.max(1).round(4)
+    return {"tasks": results, "summary": summarize(results), "num_images": int(len(table))}, frame
+
+
+def training_summary(run_dir: Path, train_time: float) -> dict:
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    best = min(history, key=lambda e: e.get("val_masked_loss", e.get("loss", np.inf)), default=None)
+    times = [e["time_s"] for e in history]
+    return {"train_time_s": round(train_time, 1), "epochs_run": len(history),
+            "best_epoch": best["epoch"] if best else None,
+            "mean_epoch_time_s": round(float(np.mean(times)), 1) if times else None}
+
+
+def write_data_files(run_dir: Path, cfg: Config, data: PreparedData) -> None:
+    atomic_write_json(run_dir / "tasks.json", [t.to_dict() for t in data.tasks])
+    atomic_write_json(run_dir / "data.json", {
+        "format": data.source.name, "root": data.source.root,
+        "embedded_default": cfg.data.path is None,
+        "splits": {name: {"images": int(len(df)), "identities": int(df["identity"].nunique())}
+                   for name, df in (("train", data.train), ("val", data.val))},
+    })
+    split = pd.concat([data.train.assign(split="train"), data.val.assign(split="val")])
+    with atomic_path(run_dir / "split.csv") as tmp:
+        split[["path", "identity", "camera", "split"]].to_csv(tmp, index=False)

@@ -1,0 +1,1 @@
+"""Models: trunks (image -> feature map), heads (features -> task outputs) and the one builder."""

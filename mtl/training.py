@@ -1,0 +1,230 @@
+"""Compile and fit: optimisers with a lower trunk learning rate, warm-up + cosine/step schedules,
+task-keyed masked losses and metrics, and the callbacks a long run needs (early stopping on the
+true masked validation loss, best checkpoint, resume after interruption, stop on NaN, history
+written atomically every epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from mtl.errors import ConfigError
+from mtl.io import atomic_path, atomic_write_json
+from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
+from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
+from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``base_lr / 10`` over ``warmup_steps``, then cosine decay to 1% of
+    ``base_lr`` at ``total_steps``, or a step decay (x0.1 every ``step_size`` steps), or constant.
+    """
+
+    def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
+                 step_size: int = 0):
+        if kind not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
+        self.base_lr = float(base_lr)
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.kind = kind
+        self.step_size = int(step_size)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warm = float(self.warmup_steps)
+        base = self.base_lr
+        if self.kind == "cosine":
+            progress = ops.clip((step - warm) / max(1.0, self.total_steps - warm), 0.0, 1.0)
+            lr = base * (0.01 + 0.99 * 0.5 * (1 + ops.cos(math.pi * progress)))
+        elif self.kind == "step" and self.step_size > 0:
+            lr = base * ops.power(0.1, ops.floor(ops.maximum(step - warm, 0.0) / self.step_size))
+        else:
+            lr = base * ops.ones_like(step)
+        if self.warmup_steps:
+            ramp = base * (0.1 + 0.9 * ops.minimum(step / warm, 1.0))
+            lr = ops.where(step < warm, ramp, lr)
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "kind": self.kind, "step_size": self.step_size}
+
+
+def _with_trunk_lr(base):
+    """An optimizer class whose updates of trunk variables use ``lr * trunk_lr_multiplier``.
+
+    Keras has no per-layer learning rate; trunk variables are recognised by their paths, which
+    are stable across save/reload.
+    """
+
+    class TrunkLR(base):
+        def __init__(self, trunk_lr_multiplier: float = 1.0, trunk_paths: Sequence[str] = (), **kwargs):
+            super().__init__(**kwargs)
+            self.trunk_lr_multiplier = float(trunk_lr_multiplier)
+            self.trunk_paths = list(trunk_paths)
+            self._trunk_set = set(self.trunk_paths)
+
+        def update_step(self, gradient, variable, learning_rate):
+            # backends hand over their raw variable: map it back to the Keras variable and its path
+            path = self._trainable_variables[self._get_variable_index(variable)].path
+            if self.trunk_lr_multiplier != 1.0 and path in self._trunk_set:
+                learning_rate = ops.multiply(learning_rate, self.trunk_lr_multiplier)
+            return super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "trunk_lr_multiplier": self.trunk_lr_multiplier,
+                    "trunk_paths": self.trunk_paths}
+
+    TrunkLR.__name__ = TrunkLR.__qualname__ = f"TrunkLR{base.__name__}"
+    return keras.saving.register_keras_serializable(package="mtl")(TrunkLR)
+
+
+TrunkLRAdam = _with_trunk_lr(keras.optimizers.Adam)
+TrunkLRAdamW = _with_trunk_lr(keras.optimizers.AdamW)
+TrunkLRSGD = _with_trunk_lr(keras.optimizers.SGD)
+
+
+def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0, trunk_lr_multiplier: float = 1.0,
+                   trunk_paths: Sequence[str] = ()) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD with Nesterov momentum 0.9; ``learning_rate`` may be a schedule."""
+    common = {"learning_rate": learning_rate, "trunk_lr_multiplier": trunk_lr_multiplier,
+              "trunk_paths": list(trunk_paths), "clipnorm": 5.0}
+    if name == "adam":
+        return TrunkLRAdam(**common)
+    if name == "adamw":
+        return TrunkLRAdamW(weight_decay=weight_decay, **common)
+    if name == "sgd":
+        return TrunkLRSGD(momentum=0.9, nesterov=True, weight_decay=weight_decay or None, **common)
+    raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[float]] | None = None,
+                label_smoothing: float = 0.0, triplet_margin: float | None = 0.3) -> dict:
+    """``{output name: loss}`` for the tasks (identity adds its embedding's metric loss)."""
+    class_weights = class_weights or {}
+    losses = {}
+    for spec in tasks:
+        if spec.kind == BINARY:
+            losses[spec.name] = MaskedBinaryCrossentropy(class_weights.get(spec.name), label_smoothing)
+        elif spec.kind == CATEGORICAL:
+            losses[spec.name] = MaskedSparseCategoricalCrossentropy(class_weights.get(spec.name), label_smoothing)
+        elif spec.kind == IDENTITY:
+            from mtl.reid.losses import identity_losses
+
+            losses.update(identity_losses(spec, triplet_margin=triplet_margin))
+    return losses
+
+
+def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
+    return {s.name: [MaskedAccuracy(name="accuracy"), MaskedCrossentropy(name="xent")] for s in tasks}
+
+
+def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], optimizer, loss_weights: Mapping[str, float] | None = None,
+                  class_weights=None, label_smoothing: float = 0.0, jit_compile: bool = False) -> None:
+    """Compile with task-keyed losses, loss weights (default 1) and masked metrics."""
+    losses = task_losses(tasks, class_weights, label_smoothing)
+    loss_weights = dict(loss_weights or {})
+    unknown = set(loss_weights) - set(losses)
+    if unknown:
+        raise ConfigError(f"loss weights for unknown outputs {sorted(unknown)}; outputs: {', '.join(losses)}")
+    model.compile(optimizer=optimizer, loss=losses,
+                  loss_weights={name: float(loss_weights.get(name, 1.0)) for name in losses},
+                  metrics=task_metrics(tasks), jit_compile=jit_compile)
+
+
+class MaskedLossLogger(keras.callbacks.Callback):
+    """Adds ``masked_loss`` / ``val_masked_loss``: the loss-weighted sum of each task's masked
+    cross-entropy over the whole epoch (Keras' logged ``loss`` averages per-batch values, so a
+    batch with no label counts as 0). Must come before the callbacks that monitor it.
+    """
+
+    def __init__(self, weights: Mapping[str, float]):
+        super().__init__()
+        self.weights = dict(weights)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for prefix in ("", "val_"):
+            keys = [(f"{prefix}{t}_xent", w) for t, w in self.weights.items()]
+            if all(k in logs for k, _ in keys):
+                logs[f"{prefix}masked_loss"] = float(sum(w * float(logs[k]) for k, w in keys))
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Writes ``history.json`` (a list of per-epoch logs with wall time) atomically every epoch;
+    on resume it keeps the epochs already written."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.epochs = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "time_s": round(time.time() - (self._start or time.time()), 3)}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1] + [row]
+        atomic_write_json(self.path, self.epochs)
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Saves the weights of the best epoch (lowest ``monitor``) to ``path`` atomically."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_masked_loss"):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = np.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best = float(value)
+            with atomic_path(self.path) as tmp:
+                self.model.save_weights(str(tmp))
+
+
+def fit_verbosity() -> int:
+    """A live progress bar on a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: int,
+                   monitor: str = "val_masked_loss", resume: bool = True) -> list:
+    run_dir = Path(run_dir)
+    callbacks = [
+        MaskedLossLogger(loss_weights),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience, restore_best_weights=True,
+                                      min_delta=1e-4),
+        AtomicBestCheckpoint(run_dir / "checkpoints" / "best.weights.h5", monitor),
+        HistoryWriter(run_dir / "history.json"),
+    ]
+    if resume:
+        # saves weights, optimizer and epoch each epoch; a rerun continues from there
+        callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
+                                                          delete_checkpoint=False))
+    return callbacks
+
+
+def attribute_loss_weights(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> dict:
+    """Weights of the attribute tasks' masked losses (what ``masked_loss`` sums)."""
+    return {t.name: float(loss_weights.get(t.name, 1.0)) for t in tasks if t.kind in (BINARY, CATEGORICAL)}
