@@ -1,3 +1,5 @@
+import copy
+
 import keras
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ def test_outputs_are_named_after_tasks_with_the_right_shapes(head):
 def test_config_round_trip_and_keras_reload(tmp_path):
     model = build_model(TASKS, head="public", public_units=(16,), task_units=8, **SMALL)
     config = model.get_config()
-    clone = keras.Model.from_config(config)
+    clone = keras.Model.from_config(copy.deepcopy(config))  # from_config consumes its argument
     assert clone.get_config() == config
     compile_model(model, TASKS, make_optimizer("adamw", 1e-3, 1e-4, 0.1, [v.path for v in get_trunk(model).variables]))
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 16, 3)).astype(np.float32)
