@@ -309,3 +309,23 @@ def test_whitelisted_globals_cannot_be_abused(tmp_path, fake_torch):
         zf.writestr("archive/data.pkl", payload)
     with pytest.raises(tc.UnsafeCheckpointError):
         tc.load(path)
+
+
+def test_broadcast_tensor_cannot_ask_for_unbounded_memory(tmp_path, fake_torch):
+    obj = {"w": _FakeTensor(_storage(np.zeros(1, np.float32), "0"), 0, (100000, 100000), (0, 0))}
+    path = tmp_path / "huge.pt"
+    write_zip(path, obj, fake_torch)
+    with pytest.raises(tc.CheckpointError, match="implausibly large"):
+        tc.load_state_dict(path)
+
+
+def test_legacy_storage_size_beyond_file_end(tmp_path, fake_torch):
+    obj = {"w": _FakeTensor(_storage(np.zeros(4, np.float32), "0"), 0, (4,), (1,))}
+    path = tmp_path / "legacy.pth"
+    write_legacy(path, obj, fake_torch)
+    data = bytearray(path.read_bytes())
+    # patch the on-disk element count (the int64 before the 16 data bytes) to something absurd
+    data[-24:-16] = struct.pack("<q", 1 << 40)
+    path.write_bytes(bytes(data))
+    with pytest.raises(tc.CheckpointError):
+        tc.load_state_dict(path)

@@ -244,6 +244,9 @@ def _materialise(t: _LazyTensor) -> np.ndarray:
     if 0 in t.size:
         out = np.zeros(t.size, dtype=np.float32 if stype.bfloat16 else data.dtype.newbyteorder("="))
         return out
+    count = int(np.prod(t.size, dtype=np.float64))
+    if count > 64 * max(limit, 1):  # a broadcast (stride 0) tensor could ask for any amount of memory
+        raise CheckpointError(f"tensor of size {t.size} is implausibly large for its storage of {limit} elements")
     last = start + sum((n - 1) * s for n, s in zip(t.size, t.stride))
     if last >= limit:
         raise CheckpointError(
@@ -364,6 +367,9 @@ def _load_legacy(fh: BinaryIO) -> Any:
 
     obj = _RestrictedUnpickler(fh, on_storage).load()
     keys = header()
+    here = fh.tell()
+    end = fh.seek(0, os.SEEK_END)
+    fh.seek(here)
     if not isinstance(keys, list):
         raise CheckpointError("legacy checkpoint: storage key list missing")
     for key in keys:
@@ -378,6 +384,8 @@ def _load_legacy(fh: BinaryIO) -> Any:
         if numel != storage.numel:
             raise CheckpointError(f"storage {key!r}: {numel} elements on disk, {storage.numel} declared")
         nbytes = numel * storage.stype.dtype.itemsize
+        if nbytes > end - fh.tell():
+            raise CheckpointError(f"legacy checkpoint truncated (storage {key!r} needs {nbytes} bytes)")
         raw = fh.read(nbytes)
         storage.data = _raw_to_array(raw, storage.stype, numel, not little, key)
     return _resolve(obj)
