@@ -7,6 +7,7 @@ Run directory contents (each written atomically):
 * ``tasks.json``: the task specs (names, kinds, classes) in output order;
 * ``data.json``: source format and folder, images / identities per split;
 * ``split.csv``: every image used, with its split (``train`` / ``val``);
+* ``model.json``: trunk, head, input shape, parameter counts, output names;
 * ``model.keras``: the trained model (best epoch), reloadable in a fresh process;
 * ``history.json``: per-epoch logs; ``checkpoints/``: best weights and the resume backup;
 * ``metrics.json``: validation metrics per task (accuracy, macro F1, per-class P/R/F1, mA);
@@ -135,7 +136,8 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
     strategy = strategy_for(cfg)
     with strategy.scope():
         model = build_model(data.tasks, **model_kwargs(cfg))
-    weights = {**attribute_loss_weights(data.tasks, cfg.train.loss_weights)}
+    write_model_summary(run_dir, model, cfg)
+    weights = attribute_loss_weights(data.tasks, cfg.train.loss_weights)
     callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience),
                                monitor=monitor_for(data.tasks))
     start = time.time()
@@ -207,6 +209,17 @@ def training_summary(run_dir: Path, train_time: float) -> dict:
     return {"train_time_s": round(train_time, 1), "epochs_run": len(history),
             "best_epoch": best["epoch"] if best else None,
             "mean_epoch_time_s": round(float(np.mean(times)), 1) if times else None}
+
+
+def write_model_summary(run_dir: Path, model, cfg: Config) -> None:
+    count = lambda variables: int(sum(np.prod(v.shape) for v in variables))  # noqa: E731
+    trunk = get_trunk(model)
+    atomic_write_json(run_dir / "model.json", {
+        "trunk": cfg.model.trunk, "weights": cfg.model.weights, "head": cfg.model.head,
+        "input_shape": [cfg.data.image_height, cfg.data.image_width, 3],
+        "params_total": count(model.weights), "params_trainable": count(model.trainable_weights),
+        "params_trunk": count(trunk.weights), "outputs": list(model.output_names),
+    })
 
 
 def write_data_files(run_dir: Path, cfg: Config, data: PreparedData) -> None:
