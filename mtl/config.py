@@ -29,6 +29,9 @@ class DataConfig:
     rare_threshold: float = 0.01  # product data: classes rarer than this are grouped as "other"
     cache: bool = True  # cache decoded images in memory (small datasets)
     max_images: int = 0  # 0: all; otherwise a deterministic subset of identities (quick runs)
+    # tasks the train/val split is stratified on (default: the trained tasks); a task-set study
+    # fixes it so that every task set is trained and validated on the same images
+    stratify: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search (``scripts/tune.py``, ``mtl.tuning``); training ignores this section."""
+
+    tuner: str = "bayesian"  # random | bayesian | hyperband
+    max_trials: int = 10
+    objective: str = "masked_loss"  # e.g. age.accuracy, "age.accuracy,gender.accuracy" (mean), mA, reid_mAP
+    patience: int | None = None  # early stopping inside each trial; None: the training rule (patience_for)
+    space: dict[str, Any] = field(default_factory=dict)  # narrows or fixes the search space (mtl.tuning)
+
+
+@dataclass(frozen=True)
 class Config:
     tasks: str = "all"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def to_dict(cfg) -> dict:

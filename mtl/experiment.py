@@ -70,7 +70,11 @@ def prepare_data(cfg: Config) -> PreparedData:
         keep = counts.index[counts <= cfg.data.max_images]
         labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
     labelled, _ = drop_unreadable(labelled)
-    stratify = [t.name for t in tasks if t.kind != IDENTITY]
+    if cfg.data.stratify:
+        stratify = [t.name for t in task_lib.resolve(cfg.data.stratify, source.tasks, source.aliases)
+                    if t.kind != IDENTITY]
+    else:
+        stratify = [t.name for t in tasks if t.kind != IDENTITY]
     train, val = split_by_identity(labelled, stratify, cfg.data.val_fraction, cfg.data.split_seed)
     return PreparedData(source, tasks, train, val)
 
