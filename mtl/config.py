@@ -29,6 +29,7 @@ class DataConfig:
     rare_threshold: float = 0.01  # product data: classes rarer than this are grouped as "other"
     cache: bool = True  # cache decoded images in memory (small datasets)
     max_images: int = 0  # 0: all; otherwise a deterministic subset of identities (quick runs)
+    val_identities: int = 0  # > 0: hold out exactly this many identities for validation (overrides val_fraction)
     # tasks the train/val split is stratified on (default: the trained tasks); a task-set study
     # fixes it so that every task set is trained and validated on the same images
     stratify: str | None = None
@@ -76,6 +77,13 @@ class TrainConfig:
     jit_compile: bool = False  # XLA: slower on CPU, keep off there
     distribute: str = "none"  # none | mirrored
     steps_per_epoch: int = 0  # 0: one pass over the data
+    # identity task (re-identification), see mtl.reid
+    sampler: str = "auto"  # auto (pk with the identity task, else random) | pk | random
+    p_identities: int = 0  # P of P x K batches; 0: batch_size // k_images
+    k_images: int = 4  # K of P x K batches: images per identity
+    triplet_margin: float | None = 0.3  # batch-hard triplet loss margin; None: soft margin
+    id_label_smoothing: float = 0.1  # label smoothing of the identity cross-entropy
+    center_loss: float = 0.0  # weight of the centre loss (BoT: 5e-4); 0: off
 
 
 @dataclass(frozen=True)
