@@ -37,6 +37,7 @@ from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
 from mtl.data.splits import split_by_identity
 from mtl.data.synthetic import ensure_synthetic
+from mtl.errors import ConfigError, DataError
 from mtl.io import atomic_path, atomic_write_json, atomic_write_text
 from mtl.losses import inverse_frequency_weights
 from mtl.metrics import class_probabilities, evaluate_task, summarize
@@ -60,9 +61,19 @@ def data_root(cfg: Config) -> Path:
 
 
 def prepare_data(cfg: Config) -> PreparedData:
-    """Read the source, resolve the tasks, drop unreadable images and split by identity."""
+    """Read the source, resolve the tasks, drop unreadable images and split by identity.
+
+    The identity task (``--tasks identity,...``) is made after the split: its classes are the
+    training split's identities (``mtl.reid.heads.identity_task``). Without attribute tasks (and
+    without ``data.stratify``) the split is stratified on all the dataset's attributes, so
+    ``--tasks identity`` and ``--tasks identity,all`` hold out the same people.
+    ``data.val_identities`` holds out an exact number of identities.
+    """
     source = load_source(data_root(cfg), cfg.data.format, rare_threshold=cfg.data.rare_threshold)
-    tasks = task_lib.resolve(cfg.tasks, source.tasks, source.aliases)
+    names = [n.strip() for n in cfg.tasks.split(",") if n.strip()]
+    want_identity = IDENTITY in names and IDENTITY not in source.tasks
+    rest = [n for n in names if n != IDENTITY] if want_identity else names
+    tasks = task_lib.resolve(rest, source.tasks, source.aliases) if rest else []
     labelled = source.subset("train")
     if cfg.data.max_images:
         ids = np.random.default_rng(cfg.data.split_seed).permutation(labelled["identity"].unique())
@@ -75,18 +86,73 @@ def prepare_data(cfg: Config) -> PreparedData:
                     if t.kind != IDENTITY]
     else:
         stratify = [t.name for t in tasks if t.kind != IDENTITY]
-    train, val = split_by_identity(labelled, stratify, cfg.data.val_fraction, cfg.data.split_seed)
+        if want_identity and not stratify:
+            stratify = [n for n, t in source.tasks.items() if t.kind != IDENTITY]
+    fraction = cfg.data.val_fraction
+    if cfg.data.val_identities:
+        num_ids = labelled["identity"].nunique()
+        if not 0 < cfg.data.val_identities < num_ids:
+            raise ConfigError(f"data.val_identities={cfg.data.val_identities}: must be between 1 and "
+                              f"{num_ids - 1} (the data has {num_ids} identities)")
+        fraction = cfg.data.val_identities / num_ids
+    train, val = split_by_identity(labelled, stratify, fraction, cfg.data.split_seed)
+    if want_identity:
+        tasks.append(identity_task_for(train))
     return PreparedData(source, tasks, train, val)
 
 
+def identity_task_for(train: pd.DataFrame) -> TaskSpec:
+    """The identity task of a training split; a clear error when the data cannot train it."""
+    from mtl.reid.heads import identity_task
+
+    ids = train["identity"][train["identity"] >= 0]
+    if ids.nunique() < 2 or ids.value_counts().median() < 2:
+        raise DataError("the identity task needs identities with several images each; this data has "
+                        f"{ids.nunique()} known identities for {len(train)} training images")
+    return identity_task(ids)
+
+
+def task_labels(table: pd.DataFrame, tasks, center_loss: bool = False) -> dict[str, np.ndarray]:
+    """``{output: int32 labels}`` for the model's outputs: attribute columns, and for the identity
+    task the index of each row's identity among its classes (``-1`` if none) for each of its outputs."""
+    from mtl.reid.heads import identity_targets
+
+    labels = labels_dict(table, [t.name for t in tasks if t.kind != IDENTITY])
+    for spec in tasks:
+        if spec.kind == IDENTITY:
+            labels.update(identity_targets(table["identity"], spec, center_loss))
+    return labels
+
+
+def uses_pk_sampler(cfg: Config, tasks) -> bool:
+    """P x K batches: with the identity task unless ``train.sampler=random``."""
+    if cfg.train.sampler not in ("auto", "pk", "random"):
+        raise ConfigError(f"unknown train.sampler {cfg.train.sampler!r}; valid: auto, pk, random")
+    has_identity = any(t.kind == IDENTITY for t in tasks)
+    if cfg.train.sampler == "pk" and not has_identity:
+        raise ConfigError("train.sampler=pk needs the identity task (--tasks identity,...)")
+    return has_identity and cfg.train.sampler != "random"
+
+
 def datasets(cfg: Config, data: PreparedData, repeat: bool = False):
-    names = [t.name for t in data.tasks]
+    """Training and validation datasets; with the identity task, training batches are P x K
+    (``mtl.data.sampler``, infinite: train with ``steps_per_epoch``)."""
     h, w = cfg.data.image_height, cfg.data.image_width
     aug = {"flip": cfg.augment.flip, "pad_crop": cfg.augment.pad_crop, "color_jitter": cfg.augment.color_jitter,
            "random_erasing": cfg.augment.random_erasing}
-    train_ds = make_dataset(data.train["path"], labels_dict(data.train, names), h, w, cfg.train.batch_size,
-                            training=True, augment=aug, cache=cfg.data.cache, seed=cfg.train.seed, repeat=repeat)
-    val_ds = make_dataset(data.val["path"], labels_dict(data.val, names), h, w, cfg.train.batch_size,
+    center = cfg.train.center_loss > 0
+    train_labels = task_labels(data.train, data.tasks, center)
+    if uses_pk_sampler(cfg, data.tasks):
+        from mtl.data.sampler import pk_dataset, pk_shape
+
+        p, k = pk_shape(cfg.train.batch_size, cfg.train.p_identities, cfg.train.k_images)
+        identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
+        train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, h, w, aug,
+                              seed=cfg.train.seed)
+    else:
+        train_ds = make_dataset(data.train["path"], train_labels, h, w, cfg.train.batch_size, training=True,
+                                augment=aug, cache=cfg.data.cache, seed=cfg.train.seed, repeat=repeat)
+    val_ds = make_dataset(data.val["path"], task_labels(data.val, data.tasks, center), h, w, cfg.train.batch_size,
                           cache=cfg.data.cache)
     return train_ds, val_ds
 
@@ -105,7 +171,9 @@ def compile_for(model, cfg: Config, data: PreparedData, steps_per_epoch: int, tr
     optimizer = make_optimizer(t.optimizer, schedule, t.weight_decay, t.trunk_lr_multiplier,
                                [v.path for v in trunk.trainable_variables])
     compile_model(model, data.tasks, optimizer, t.loss_weights,
-                  class_weights_for(data) if t.class_weighting else None, t.label_smoothing, t.jit_compile)
+                  class_weights_for(data) if t.class_weighting else None, t.label_smoothing, t.jit_compile,
+                  identity_options={"triplet_margin": t.triplet_margin, "label_smoothing": t.id_label_smoothing,
+                                    "center_loss": t.center_loss})
 
 
 def strategy_for(cfg: Config):
@@ -136,6 +204,7 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
     write_data_files(run_dir, cfg, data)
     steps = cfg.train.steps_per_epoch or math.ceil(len(data.train) / cfg.train.batch_size)
     train_ds, val_ds = datasets(cfg, data, repeat=bool(cfg.train.steps_per_epoch))
+    fixed_steps = bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg, data.tasks)  # P x K: infinite
 
     strategy = strategy_for(cfg)
     with strategy.scope():
@@ -156,7 +225,7 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
             # the first epoch of a dataset of unknown length ends by running out of data: expected
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
-                      steps_per_epoch=steps if cfg.train.steps_per_epoch else None, shuffle=False,
+                      steps_per_epoch=steps if fixed_steps else None, shuffle=False,
                       callbacks=callbacks, verbose=fit_verbosity())
         if model.stop_training:
             break
@@ -166,6 +235,11 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
     metrics, predictions = evaluate_model(model, data.tasks, data.val, cfg)
     with atomic_path(run_dir / "val_predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
+    if any(t.kind == IDENTITY for t in data.tasks):
+        from mtl.reid.protocol import evaluate_holdout
+
+        metrics["reid"] = evaluate_holdout(model, data.val, cfg.data.image_height, cfg.data.image_width,
+                                           cfg.train.batch_size, seed=cfg.data.split_seed)
     metrics["training"] = training_summary(run_dir, train_time)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

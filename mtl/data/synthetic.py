@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from mtl.data.sources.market_course import ANNOTATION_COLUMNS, DOWN_COLUMNS, UP_COLUMNS
 
-VERSION = 1  # bump when the drawing changes, so old caches are not reused
+VERSION = 2  # bump when the drawing changes, so old caches are not reused
 HEIGHT, WIDTH = 128, 64
 PALETTE = {
     "black": (25, 25, 25), "white": (235, 235, 235), "red": (200, 30, 30), "purple": (120, 40, 150),
@@ -169,11 +169,12 @@ def _identity_details(rng: np.random.Generator) -> dict:
     }
 
 
-def generate(out_dir: str | Path, identities: int = 60, images_per_identity: int = 8, cameras: int = 6,
-             unlabelled_identities: int = 10, seed: int = 0) -> Path:
+def generate(out_dir: str | Path, identities: int = 200, images_per_identity: int = 4, cameras: int = 6,
+             unlabelled_identities: int = 20, seed: int = 0) -> Path:
     """Write a synthetic course-layout dataset into ``out_dir`` (which must not exist).
 
-    ``train/`` gets ``identities`` labelled identities, each seen by several cameras;
+    ``train/`` gets ``identities`` labelled identities, each seen by several cameras (many
+    identities with few images each: attributes generalise from the variety of people);
     ``queries/`` and ``test/`` get unlabelled images of ``unlabelled_identities`` other people
     (one query per identity and camera, the rest in the gallery), as the course layout has them.
     """
