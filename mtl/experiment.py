@@ -40,6 +40,7 @@ from mtl.data.synthetic import ensure_synthetic
 from mtl.errors import ConfigError, DataError
 from mtl.io import atomic_path, atomic_write_json, atomic_write_text
 from mtl.losses import inverse_frequency_weights
+from mtl.progress import progress
 from mtl.metrics import class_probabilities, evaluate_task, summarize
 from mtl.models.builder import build_model, get_trunk, model_kwargs
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
@@ -253,10 +254,12 @@ def monitor_for(tasks) -> str:
 
 def predict_outputs(model, paths, cfg: Config, batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Run the model over images batch by batch; returns ``{output: array}`` (bounded memory)."""
-    ds = make_dataset(list(paths), None, cfg.data.image_height, cfg.data.image_width,
+    paths = list(paths)
+    ds = make_dataset(paths, None, cfg.data.image_height, cfg.data.image_width,
                       batch_size or cfg.train.batch_size, cache=False)
     chunks: dict[str, list] = {}
-    for batch in ds:
+    size = batch_size or cfg.train.batch_size
+    for batch in progress(ds, total=math.ceil(len(paths) / size), desc="predicting", min_items=20):
         out = model(batch, training=False)
         for k, v in out.items():
             chunks.setdefault(k, []).append(np.asarray(v))
