@@ -113,8 +113,13 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0, trunk_lr
 
 
 def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[float]] | None = None,
-                label_smoothing: float = 0.0, triplet_margin: float | None = 0.3) -> dict:
-    """``{output name: loss}`` for the tasks (identity adds its embedding's metric loss)."""
+                label_smoothing: float = 0.0, triplet_margin: float | None = 0.3,
+                identity_options: Mapping | None = None) -> dict:
+    """``{output name: loss}`` for the tasks (identity adds its embedding's metric loss).
+
+    ``identity_options`` are keyword arguments of ``mtl.reid.losses.identity_losses``
+    (triplet_margin, label_smoothing, center_loss); by default only ``triplet_margin`` is given.
+    """
     class_weights = class_weights or {}
     losses = {}
     for spec in tasks:
@@ -125,7 +130,7 @@ def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[
         elif spec.kind == IDENTITY:
             from mtl.reid.losses import identity_losses
 
-            losses.update(identity_losses(spec, triplet_margin=triplet_margin))
+            losses.update(identity_losses(spec, **(identity_options or {"triplet_margin": triplet_margin})))
     return losses
 
 
@@ -134,9 +139,13 @@ def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
 
 
 def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], optimizer, loss_weights: Mapping[str, float] | None = None,
-                  class_weights=None, label_smoothing: float = 0.0, jit_compile: bool = False) -> None:
-    """Compile with task-keyed losses, loss weights (default 1) and masked metrics."""
-    losses = task_losses(tasks, class_weights, label_smoothing)
+                  class_weights=None, label_smoothing: float = 0.0, jit_compile: bool = False,
+                  identity_options: Mapping | None = None) -> None:
+    """Compile with task-keyed losses, loss weights (default 1) and masked metrics.
+
+    ``identity_options``: keyword arguments of ``mtl.reid.losses.identity_losses``.
+    """
+    losses = task_losses(tasks, class_weights, label_smoothing, identity_options=identity_options)
     loss_weights = dict(loss_weights or {})
     unknown = set(loss_weights) - set(losses)
     if unknown:

@@ -15,7 +15,8 @@ from mtl.tasks import IDENTITY, TaskSpec
 def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str = "resnet_small",
                 weights: str | None = None, width: float = 1.0, head: str = "private",
                 public_units: Sequence[int] = (384, 384), private_multipliers: Sequence[int] = (16, 8),
-                task_units: int = 128, dropout: float = 0.3, embedding_dim: int = 256) -> keras.Model:
+                task_units: int = 128, dropout: float = 0.3, embedding_dim: int = 256,
+                center_loss: bool = False) -> keras.Model:
     """Functional multi-task model: image -> trunk -> global average pooling -> task heads.
 
     Args:
@@ -25,6 +26,7 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
         trunk, weights, width: see ``mtl.models.trunks``.
         head, public_units, private_multipliers, task_units, dropout: see ``mtl.models.heads``.
         embedding_dim: size of the identity embedding.
+        center_loss: give the identity head its ``center`` output (for the centre loss).
 
     Returns:
         A ``keras.Model`` named ``mtl`` whose outputs are a dict keyed by task name.
@@ -37,7 +39,7 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
     if identity:
         from mtl.reid.heads import identity_head
 
-        outputs.update(identity_head(features, identity[0], embedding_dim))
+        outputs.update(identity_head(features, identity[0], embedding_dim, center_loss))
     return keras.Model(inputs, outputs, name="mtl")
 
 
@@ -49,6 +51,7 @@ def model_kwargs(cfg) -> dict:
         "trunk": m.trunk, "weights": m.weights, "width": m.width, "head": m.head,
         "public_units": m.public_units, "private_multipliers": m.private_multipliers,
         "task_units": m.task_units, "dropout": m.dropout, "embedding_dim": m.embedding_dim,
+        "center_loss": cfg.train.center_loss > 0,
     }
 
 
@@ -61,6 +64,8 @@ def load_model(path: str | Path) -> keras.Model:
     import mtl.losses  # noqa: F401  (registers serialisable objects)
     import mtl.metrics  # noqa: F401
     import mtl.models.layers  # noqa: F401
+    import mtl.reid.heads  # noqa: F401
+    import mtl.reid.losses  # noqa: F401
     import mtl.training  # noqa: F401
 
     return keras.saving.load_model(str(path), compile=False)

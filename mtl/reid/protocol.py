@@ -1,0 +1,296 @@
+"""Re-identification evaluation of a trained model: which images are queries and gallery, and the
+metrics of ranking the gallery for each query.
+
+Query / gallery construction:
+
+* **original Market-1501 layout** (``query/`` and ``bounding_box_test/``): the queries are
+  ``query/``, the gallery ``bounding_box_test/``; junk boxes (identity -1) were dropped by the
+  source, distractors (identity 0) stay in the gallery, where they match no query;
+* **labelled folder** (the course layout's ``train/``, or any table of held-out people):
+  ``mtl.data.splits.query_gallery_split``, one query per identity and camera, every other image
+  of these people in the gallery (identities seen by one camera only stay as distractors).
+  Which labelled images are evaluated is chosen by :func:`evaluation_images`.
+
+Metrics (``mtl.reid.evaluate.evaluate_rank``: same identity and same camera removed from each
+query's ranking): mAP, mINP, rank-1/5/10 and the CMC curve, for the plain distance and after
+k-reciprocal re-ranking (``mtl.reid.rerank``), plus ``chance``: the same metrics for a random
+ranking of the same query / gallery sets, what any descriptor must clearly beat.
+
+Distances (``mtl.reid.distance``): ``cosine`` (default; the descriptors are the BN-neck output,
+the choice of BoT at test time) or ``euclidean`` on the raw descriptors. With the attribute
+outputs of a multi-task model, the attribute distance ``d_attr`` (mean absolute difference of
+attribute probabilities) can be combined with the appearance distance ``d_feat``, as two course
+reports did: ``d_feat + w * d_attr`` (``attr_weight``) and ``d_feat * (alpha + d_attr)``
+(``attr_alpha``); each is reported next to the plain one, so a user sees whether attributes help.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mtl.data.splits import query_gallery_split
+from mtl.errors import ConfigError, DataError
+from mtl.metrics import class_probabilities, evaluate_task, summarize
+from mtl.reid.distance import (attribute_distance, combine_multiplicative, combine_weighted, cosine_distance,
+                               euclidean_distance)
+from mtl.reid.evaluate import evaluate_rank
+from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+
+DISTANCES = ("cosine", "euclidean")
+IMAGE_CHOICES = ("auto", "val", "unseen", "all")
+RERANK_CHOICES = ("auto", "yes", "no")
+# re-ranking parameters of Zhong et al. (also BoT's): k1, k2, lambda
+RERANK_PARAMS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
+# above this many query + gallery images, "auto" skips re-ranking of the attribute-combined
+# distances: they need dense (Q+G)^2 matrices (the plain distance is re-ranked from features,
+# in bounded memory, at any size)
+DENSE_RERANK_LIMIT = 8000
+CMC_RANKS = 20  # length of the CMC curve stored in metrics
+
+
+# === Which images ===
+
+def has_query_gallery(source) -> bool:
+    """Whether the source has its own query / gallery subsets (the original Market-1501 layout)."""
+    subsets = set(source.table["subset"].unique())
+    return {"query", "gallery"} <= subsets
+
+
+def evaluation_images(source, run_split: pd.DataFrame | None = None, run_root: str | None = None,
+                      images: str = "auto", seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Query and gallery images of ``source`` for evaluating a run.
+
+    Args:
+        source: a ``SourceData``.
+        run_split: the run's ``split.csv`` (path, identity, camera, split), or None.
+        run_root: the data folder the run was trained on (``data.json`` root), or None.
+        images: for a labelled folder (no query/gallery subsets):
+
+            * ``val``: the run's validation images (``split.csv``; the folder must be the run's);
+            * ``unseen``: every labelled image whose identity the run did not train on;
+            * ``all``: every labelled image (a folder of new people);
+            * ``auto``: ``val`` when the folder is the one the run was trained on, else ``unseen``.
+
+            The original layout always uses ``query/`` and ``bounding_box_test/`` (``auto`` only).
+        seed: of the query / gallery split of a labelled folder.
+
+    Returns:
+        ``(query, gallery, description)``: two source-table frames and a one-line description.
+
+    Raises:
+        ConfigError: an unknown ``images`` value, or one that does not apply.
+        DataError: no image left to evaluate.
+    """
+    if images not in IMAGE_CHOICES:
+        raise ConfigError(f"unknown images choice {images!r}; valid: {', '.join(IMAGE_CHOICES)}")
+    if has_query_gallery(source):
+        if images != "auto":
+            raise ConfigError(f"--images {images} applies to a labelled folder; {source.root} has its own "
+                              "query/ and gallery (bounding_box_test/) images, which are always used")
+        query, gallery = source.subset("query"), source.subset("gallery")
+        gallery = gallery[gallery["identity"] >= 0].reset_index(drop=True)  # junk, if a loader kept it
+        return query, gallery, f"query/ ({len(query)}) against bounding_box_test/ ({len(gallery)})"
+    labelled = source.subset("train")
+    labelled = labelled[labelled["identity"] >= 0]
+    same_folder = run_root is not None and Path(run_root).resolve() == Path(source.root).resolve()
+    if images == "auto":
+        images = "val" if same_folder and run_split is not None else "unseen"
+    if images in ("val", "unseen") and run_split is None:
+        raise ConfigError(f"--images {images} needs the run's split.csv")
+    if images == "val":
+        val_paths = set(run_split.loc[run_split["split"] == "val", "path"])
+        table = labelled[labelled["path"].isin(val_paths)]
+        if table.empty:
+            raise DataError(f"none of the run's validation images (split.csv) is in {source.root}; "
+                            "evaluate the folder the run was trained on, or use --images unseen / all")
+        what = "the run's validation identities"
+    elif images == "unseen":
+        trained = set(run_split.loc[run_split["split"] == "train", "identity"])
+        table = labelled[~labelled["identity"].isin(trained)]
+        what = "every labelled identity the run did not train on"
+    else:
+        table = labelled
+        what = "every labelled image"
+    if table.empty:
+        raise DataError(f"no labelled image left to evaluate in {source.root} ({what})")
+    query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
+    if query.empty:
+        raise DataError(f"no identity of {source.root} ({what}) is seen by two cameras: no query can be formed")
+    ids = table["identity"].nunique()
+    return query, gallery, f"{what}: {ids} identities, {len(query)} queries, {len(gallery)} gallery images"
+
+
+# === Metrics ===
+
+def rank_metrics(distmat, q_ids, g_ids, q_cams, g_cams, cmc_ranks: int = CMC_RANKS) -> dict:
+    """``evaluate_rank`` as a JSON-ready dict: mAP, mINP, rank1/5/10 and the first CMC values."""
+    r = evaluate_rank(distmat, np.asarray(q_ids), np.asarray(g_ids), np.asarray(q_cams), np.asarray(g_cams),
+                      max_rank=cmc_ranks)
+    return {"mAP": float(r["mAP"]), "mINP": float(r["mINP"]), "rank1": float(r["rank1"]),
+            "rank5": float(r["rank5"]), "rank10": float(r["rank10"]),
+            "cmc": [round(float(v), 6) for v in r["cmc"]],
+            "num_valid_queries": int(r["num_valid_queries"]), "num_queries": int(r["num_queries"])}
+
+
+def chance_metrics(q_ids, g_ids, q_cams, g_cams, draws: int = 3, seed: int = 0) -> dict:
+    """Metrics of random rankings (mean over ``draws``): the floor a descriptor must clearly beat."""
+    rng = np.random.default_rng(seed)
+    runs = [rank_metrics(rng.random((len(q_ids), len(g_ids)), dtype=np.float32), q_ids, g_ids, q_cams, g_cams)
+            for _ in range(draws)]
+    return {k: float(np.mean([r[k] for r in runs])) for k in ("mAP", "mINP", "rank1", "rank5", "rank10")}
+
+
+def feature_distance(a: np.ndarray, b: np.ndarray, distance: str = "cosine") -> np.ndarray:
+    """``cosine`` or ``euclidean`` distances between the rows of ``a`` and ``b`` (float32)."""
+    if distance == "cosine":
+        return cosine_distance(a, b)
+    if distance == "euclidean":
+        return euclidean_distance(a, b)
+    raise ConfigError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+
+
+def attribute_vectors(outputs: dict, tasks: Sequence[TaskSpec]) -> np.ndarray | None:
+    """Attribute probabilities side by side, ``(N, A)``: one column per binary attribute (P(class 1)),
+    one per class of each categorical attribute; None without attribute tasks."""
+    columns = []
+    for spec in tasks:
+        if spec.kind == BINARY:
+            columns.append(np.asarray(outputs[spec.name], np.float32).reshape(-1, 1))
+        elif spec.kind == CATEGORICAL:
+            columns.append(np.asarray(outputs[spec.name], np.float32))
+    return np.concatenate(columns, axis=1) if columns else None
+
+
+def _dense_rerank(d_qg, d_qq, d_gg):
+    from mtl.reid.rerank import re_ranking
+
+    return re_ranking(d_qg, d_qq, d_gg, **RERANK_PARAMS)
+
+
+def evaluate_embeddings(q_feat, g_feat, q_ids, g_ids, q_cams, g_cams, distance: str = "cosine",
+                        rerank: str = "auto", q_attr=None, g_attr=None, attr_weight: float | None = None,
+                        attr_alpha: float | None = None, chance: bool = True) -> dict:
+    """Ranking metrics of query descriptors against gallery descriptors.
+
+    Args:
+        q_feat, g_feat: ``(Q, D)`` / ``(G, D)`` descriptors.
+        q_ids, g_ids, q_cams, g_cams: identities and cameras.
+        distance: ``cosine`` or ``euclidean``.
+        rerank: ``yes`` / ``no`` / ``auto``. The plain distance is re-ranked from features in
+            bounded memory (``yes`` and ``auto``); the attribute-combined ones need dense
+            ``(Q+G)^2`` matrices and ``auto`` re-ranks them up to ``DENSE_RERANK_LIMIT`` images.
+        q_attr, g_attr: ``(Q, A)`` / ``(G, A)`` attribute probabilities, for the combined distances.
+        attr_weight: report ``d_feat + attr_weight * d_attr`` as ``attr_weighted``.
+        attr_alpha: report ``d_feat * (attr_alpha + d_attr)`` as ``attr_multiplicative``.
+        chance: also report the metrics of random rankings (``chance``).
+
+    Returns:
+        ``{"distance", "num_query", "num_gallery", "plain": metrics, "reranked": metrics,
+        "attr_weighted": ..., "attr_weighted_reranked": ..., "chance": ..., "notes": [...]}``
+        (metrics as in ``rank_metrics``; keys present only when computed).
+    """
+    if rerank not in RERANK_CHOICES:
+        raise ConfigError(f"unknown rerank choice {rerank!r}; valid: {', '.join(RERANK_CHOICES)}")
+    combine = {}
+    if attr_weight is not None:
+        combine["attr_weighted"] = lambda d, a: combine_weighted(d, a, attr_weight)
+    if attr_alpha is not None:
+        combine["attr_multiplicative"] = lambda d, a: combine_multiplicative(d, a, attr_alpha)
+    if combine and (q_attr is None or g_attr is None):
+        raise ConfigError("attribute-combined distances need a model with attribute tasks")
+    ids = (q_ids, g_ids, q_cams, g_cams)
+    out: dict = {"distance": distance, "num_query": int(len(q_feat)), "num_gallery": int(len(g_feat)), "notes": []}
+    d_qg = feature_distance(q_feat, g_feat, distance)
+    out["plain"] = rank_metrics(d_qg, *ids)
+    if rerank == "auto" and len(q_feat) + len(g_feat) <= RERANK_PARAMS["k1"] + 1:
+        rerank = "no"
+        out["notes"].append(f"not re-ranked: {len(q_feat) + len(g_feat)} images are too few for k1={RERANK_PARAMS['k1']}")
+    if rerank != "no":
+        from mtl.reid.rerank import re_ranking_features
+
+        out["reranked"] = rank_metrics(re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS), *ids)
+    if combine:
+        a_qg = attribute_distance(q_attr, g_attr)
+        dense = rerank == "yes" or (rerank == "auto" and len(q_feat) + len(g_feat) <= DENSE_RERANK_LIMIT)
+        if dense:
+            d_qq, d_gg = feature_distance(q_feat, q_feat, distance), feature_distance(g_feat, g_feat, distance)
+            a_qq, a_gg = attribute_distance(q_attr, q_attr), attribute_distance(g_attr, g_attr)
+        elif rerank == "auto":
+            out["notes"].append(f"attribute-combined distances not re-ranked: {len(q_feat) + len(g_feat)} images "
+                                f"> {DENSE_RERANK_LIMIT} (use rerank=yes to force; needs dense (Q+G)^2 matrices)")
+        for name, fn in combine.items():
+            out[name] = rank_metrics(fn(d_qg, a_qg), *ids)
+            if dense:
+                out[f"{name}_reranked"] = rank_metrics(_dense_rerank(fn(d_qg, a_qg), fn(d_qq, a_qq), fn(d_gg, a_gg)),
+                                                       *ids)
+        out["attr_weight"], out["attr_alpha"] = attr_weight, attr_alpha
+    if chance:
+        out["chance"] = chance_metrics(*ids)
+    if not out["notes"]:
+        del out["notes"]
+    return out
+
+
+def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gallery: pd.DataFrame, height: int,
+                      width: int, batch_size: int = 64, distance: str = "cosine", rerank: str = "auto",
+                      attr_weight: float | None = None, attr_alpha: float | None = None,
+                      attributes: bool = True) -> dict:
+    """Evaluate a model on labelled query / gallery images with one pass of feature extraction.
+
+    Args:
+        model: the trained multi-task model; its descriptor is ``embedding`` (or ``pool``
+            without the identity head, see ``mtl.reid.embedding``).
+        tasks: the model's task specs (attribute tasks are evaluated and, if asked, combined).
+        query, gallery: source-table frames (path, identity, camera, task columns).
+        height, width, batch_size: input size and images per batch.
+        distance, rerank, attr_weight, attr_alpha: see ``evaluate_embeddings``.
+        attributes: also compute attribute metrics on the query and gallery images together.
+
+    Returns:
+        ``{"reid": evaluate_embeddings result plus "feature_layer", "attributes": {"tasks",
+        "summary", "num_images"}}`` (``attributes`` only when asked and the model has attribute tasks).
+    """
+    from mtl.reid.embedding import embedding_layer_name, extract_features, feature_model
+
+    attr_tasks = [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    layer = embedding_layer_name(model)
+    needs_attr = attr_tasks and (attributes or attr_weight is not None or attr_alpha is not None)
+    names = [layer] + ([t.name for t in attr_tasks] if needs_attr else [])
+    both = pd.concat([query, gallery], ignore_index=True)
+    outputs = extract_features(feature_model(model, names), both["path"], height, width, batch_size,
+                               desc=f"extracting features of {len(both)} images")
+    feats = outputs[layer].reshape(len(both), -1)
+    nq = len(query)
+    attr = attribute_vectors(outputs, attr_tasks) if needs_attr else None
+    reid = evaluate_embeddings(
+        feats[:nq], feats[nq:], query["identity"].to_numpy(), gallery["identity"].to_numpy(),
+        query["camera"].to_numpy(), gallery["camera"].to_numpy(), distance, rerank,
+        None if attr is None else attr[:nq], None if attr is None else attr[nq:], attr_weight, attr_alpha)
+    result = {"reid": {"feature_layer": layer, **reid}}
+    if attributes and attr_tasks:
+        per_task = {t.name: evaluate_task(both[t.name].to_numpy(), class_probabilities(outputs[t.name], t), t)
+                    for t in attr_tasks if t.name in both.columns}
+        result["attributes"] = {"tasks": per_task, "summary": summarize(per_task), "num_images": int(len(both))}
+    return result
+
+
+def evaluate_holdout(model, table: pd.DataFrame, height: int, width: int, batch_size: int = 64, seed: int = 0,
+                     distance: str = "cosine", rerank: str = "auto") -> dict:
+    """Re-identification metrics on held-out labelled people (e.g. the validation split of ``train``).
+
+    The table is split into one query per identity and camera and a gallery
+    (``query_gallery_split``); returns the ``reid`` part of ``evaluate_labelled``, or
+    ``{"skipped": reason}`` when no query can be formed.
+    """
+    query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
+    if query.empty or gallery.empty:
+        return {"skipped": "no held-out identity is seen by two cameras"}
+    try:
+        return evaluate_labelled(model, [], query, gallery, height, width, batch_size, distance, rerank,
+                                 attributes=False)["reid"]
+    except ValueError as exc:  # e.g. every match removed by the same-camera rule
+        return {"skipped": str(exc)}
