@@ -1,0 +1,65 @@
+"""HTML evaluation reports: one self-contained page per run, tuning, study or comparison.
+
+``python scripts/report.py runs/NAME`` writes ``reports/NAME/index.html``: a single file with
+every figure and thumbnail embedded as a ``data:`` URI, sortable tables driven by a few lines
+of inline JavaScript, no network access and no server. Rendering reads files only; the model
+is never rebuilt or loaded.
+
+Library entry points::
+
+    from mtl.report import render_report, render_comparison, report_command
+    render_report("runs/a")                       # -> Path("reports/a/index.html")
+    render_comparison(["runs/a", "runs/b"], "reports/a-vs-b")
+    print(report_command("runs/a"))               # "python scripts/report.py runs/a"
+
+What is read (every file optional; a missing or unreadable one omits its section)
+---------------------------------------------------------------------------------
+
+Training / evaluation run directory (written by ``mtl.experiment.train``):
+``config.yaml``, ``command.txt``, ``tasks.json``, ``data.json``, ``model.json``,
+``history.json``, ``metrics.json`` (early-stopping epoch: ``["training"]["best_epoch"]``),
+``val_predictions.csv`` (``path``, ``<task>_true``, ``<task>_pred``, ``<task>_conf``; a true
+label of ``-1`` is missing and skipped), ``split.csv``.
+
+Re-identification, in ``metrics.json``::
+
+    "reid": {"mAP": 0.71, "mINP": 0.35, "rank1": 0.88, "rank5": 0.95, "rank10": 0.97,
+             "cmc": [0.88, 0.92, ...],            # cmc[k-1] = rank-k accuracy, any length
+             "reranked": {"mAP": ..., "mINP": ..., "rank1": ..., "rank5": ..., "rank10": ...,
+                          "cmc": [...]}}          # optional: same keys after re-ranking
+
+Values are fractions in [0, 1]. Extra keys (e.g. ``num_query``, ``num_gallery``,
+``distance``) are shown as they are when they are numbers or short strings.
+
+Retrieval examples, ``reid_examples.json`` in the run directory (a list; the report shows at
+most ``MAX_QUERIES`` of them and the first ``MAX_GALLERY`` gallery items of each)::
+
+    [{"query": "/data/market/query/0001_c1s1_001051_00.jpg",   # image path
+      "query_camera": 1, "query_identity": 1,
+      "gallery": [                                             # ranking order, top 10
+          {"path": "...", "identity": 1, "camera": 2, "distance": 0.31,
+           "match": true,                  # same identity (a correct retrieval)
+           "same_camera_removed": false},  # same identity and camera: excluded by the protocol
+          ...]},
+     ...]
+
+Image paths (here and in ``val_predictions.csv``) are absolute, or relative to the run
+directory, or relative to the data root of ``data.json``; an image that cannot be found is
+drawn as a grey placeholder. Only downscaled JPEG thumbnails are embedded.
+
+Tuning directory (detected by ``trials.csv`` or ``tuning.json``):
+``trials.csv`` (one row per trial, any columns; shown as a sortable table),
+``best_config.yaml`` (shown as text), ``tuning.json`` (a flat dict shown as key/value pairs;
+when it has ``"objective"`` naming a numeric column of ``trials.csv`` and optionally
+``"direction": "min" | "max"``, the trials are sorted by it and plotted).
+
+Study directory (detected by ``study.csv`` or ``study.json``): ``study.csv`` (one row per
+task set, any columns), ``study.json`` (flat dict as key/value pairs), and sub-directories
+that are runs (their summary metrics are listed, each with the command rendering its own
+report).
+"""
+
+from mtl.report.render import (MAX_GALLERY, MAX_QUERIES, detect_kind, render_comparison, render_report,
+                               report_command)
+
+__all__ = ["render_report", "render_comparison", "report_command", "detect_kind", "MAX_QUERIES", "MAX_GALLERY"]

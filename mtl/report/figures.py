@@ -1,0 +1,269 @@
+"""Figures of a report (matplotlib, Agg backend), returned as PNG ``data:`` URIs.
+
+Every function builds one figure, encodes it and closes it, so rendering a report with many
+tasks never accumulates open figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, no GUI toolkit: reports render on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 110
+TRAIN_COLOR = "#1f77b4"
+VAL_COLOR = "#ff7f0e"
+BEST_COLOR = "#2ca02c"
+# Per-task metrics plotted from history.json, in this order; "loss" is the weighted batch
+# average and only shown when the exact per-epoch "xent" is absent.
+PREFERRED_METRICS = ("xent", "accuracy")
+
+
+def png_uri(fig) -> str:
+    """Encode ``fig`` as a PNG data URI and close it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)  # layout is tight_layout's: a tight bbox would draw twice
+    finally:
+        plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def split_history(history: Sequence[Mapping], task_names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Which history keys belong to which task.
+
+    Keys are ``<task>_<metric>`` (and ``val_`` + that); a key goes to the *longest* task name it
+    starts with, so that task ``up`` does not claim ``upcolor_accuracy``.
+
+    Returns:
+        ``{task: {metric: key}}`` for training keys (validation keys are ``"val_" + key``);
+        keys of no task are under ``""`` (``loss``, ``masked_loss``, ...).
+    """
+    keys: list[str] = []
+    for epoch in history:
+        keys += [k for k in epoch if k not in keys and not k.startswith("val_") and k not in ("epoch", "time_s")]
+    by_length = sorted(task_names, key=len, reverse=True)
+    out: dict[str, dict[str, str]] = {t: {} for t in task_names}
+    out[""] = {}
+    for key in keys:
+        owner = next((t for t in by_length if key.startswith(t + "_")), "")
+        metric = key[len(owner) + 1:] if owner else key
+        out[owner][metric] = key
+    return out
+
+
+def metrics_to_plot(metrics: Mapping[str, str]) -> list[str]:
+    """The metric names of one task worth plotting (see ``PREFERRED_METRICS``)."""
+    chosen = [m for m in PREFERRED_METRICS if m in metrics]
+    if "xent" not in metrics and "loss" in metrics:
+        chosen.insert(0, "loss")
+    chosen += [m for m in metrics if m not in chosen and m != "loss" and m not in PREFERRED_METRICS]
+    return chosen
+
+
+def _series(history: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for i, e in enumerate(history):
+        v = e.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(e.get("epoch", i + 1))
+            ys.append(float(v))
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: int | None = None) -> str | None:
+    """One metric over epochs, training vs validation, the epoch early stopping kept marked.
+
+    One small figure per metric (rather than one wide figure per task) so that the page can lay
+    panels out in a grid: several per row on a desktop, one per row on a phone, legible on both.
+    The colours are explained once on the page (no legend inside the axes, where it hides lines).
+
+    Args:
+        history: ``history.json`` (per-epoch dicts with ``epoch``).
+        key: training key (the validation key is ``"val_" + key``).
+        title: panel title.
+        best_epoch: the epoch early stopping kept (a dashed vertical line), or ``None``.
+
+    Returns:
+        A PNG data URI, or ``None`` when neither series has a value.
+    """
+    series = [(_series(history, k), color) for k, color in ((key, TRAIN_COLOR), ("val_" + key, VAL_COLOR))]
+    if not any(len(x) for (x, _), _ in series):
+        return None
+    fig, ax = plt.subplots(figsize=(3.6, 2.4))
+    for (x, y), color in series:
+        if len(x):
+            ax.plot(x, y, marker="o", markersize=3, color=color)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color=BEST_COLOR, linestyle="--", linewidth=1.3)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    if "accuracy" in key:
+        ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def same_series(history: Sequence[Mapping], a: str, b: str, rtol: float = 1e-3) -> bool:
+    """Whether keys ``a`` and ``b`` (and their ``val_`` versions) hold the same values
+    (then plotting both only repeats a panel)."""
+    for pa, pb in ((a, b), ("val_" + a, "val_" + b)):
+        (xa, ya), (xb, yb) = _series(history, pa), _series(history, pb)
+        if len(xa) != len(xb) or not np.allclose(ya, yb, rtol=rtol, equal_nan=True):
+            return False
+    return True
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(K, K)`` counts, rows = true class, columns = predicted; ``-1`` / out-of-range skipped."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    keep = (y_true >= 0) & (y_true < num_classes) & (y_pred >= 0) & (y_pred < num_classes)
+    flat = y_true[keep] * num_classes + y_pred[keep]
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> str:
+    """Confusion matrix coloured by row share (recall per class), annotated with counts."""
+    k = len(classes)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    size = min(2.2 + 0.42 * k, 14.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.92))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center",
+                  fontsize=8 if k <= 20 else 6)
+    ax.set_yticks(range(k), [f"{c} ({n})" for c, n in zip(classes, rows[:, 0])], fontsize=8 if k <= 20 else 6)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("true (labelled images)", fontsize=9)
+    if k <= 25:  # beyond that the numbers overlap and the colours say enough
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7 if k <= 12 else 5,
+                            color="white" if share[i, j] > 0.55 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def baseline_figure(overview: pd.DataFrame) -> str | None:
+    """Horizontal bars: accuracy of each task beside its majority-class baseline.
+
+    Args:
+        overview: ``mtl.report.tables.task_overview`` frame.
+    """
+    df = overview.dropna(subset=["accuracy"])
+    if not len(df):
+        return None
+    n = len(df)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.36 * n))
+    y = np.arange(n)
+    palette = {"yes": "#2ca02c", "partly": "#e0a100", "no": "#d62728"}
+    colors = [palette.get(v, "#7f7f7f") for v in df["verdict"]]
+    ax.barh(y, df["accuracy"], height=0.6, color=colors, alpha=0.85, label="accuracy")
+    ax.scatter(df["majority"], y, marker="|", s=260, color="black", linewidths=2, label="majority baseline", zorder=3)
+    for yi, acc in zip(y, df["accuracy"]):
+        ax.text(min(acc + 0.01, 0.93), yi, f"{100 * acc:.0f}%", va="center", fontsize=7)
+    ax.set_yticks(y, df["task"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("validation accuracy (green: above the baseline, amber: partly, red: not)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def cmc_figure(curves: Mapping[str, Sequence[float]], max_rank: int = 50) -> str | None:
+    """CMC curves (rank-k accuracy against k), one line per ranking ("plain", "re-ranked", ...)."""
+    curves = {k: np.asarray(v, dtype=float)[:max_rank] for k, v in curves.items() if v is not None and len(v)}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    for name, cmc in curves.items():
+        ax.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=2.5, label=name)
+    ax.set_xlabel("rank k", fontsize=9)
+    ax.set_ylabel("matched within top k", fontsize=9)
+    ax.set_ylim(min(0.0, min(float(c.min()) for c in curves.values())), 1.01)
+    ax.set_xlim(0.5, max(len(c) for c in curves.values()) + 0.5)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8)
+    ax.set_title("CMC", fontsize=10)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def trials_figure(trials: pd.DataFrame, objective: str, direction: str | None = None,
+                  label: str | None = None) -> str | None:
+    """Objective per trial in trial order, with the running best.
+
+    Args:
+        trials: one row per trial, in the order they ran.
+        objective: the column holding the objective.
+        direction: ``max`` / ``maximize`` or anything else (minimise).
+        label: axis label (default: the column name).
+    """
+    values = pd.to_numeric(trials[objective], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    maximize = str(direction).lower() in ("max", "maximize")
+    x = np.arange(1, len(values) + 1)
+    filled = np.where(np.isfinite(values), values, -np.inf if maximize else np.inf)
+    best = np.maximum.accumulate(filled) if maximize else np.minimum.accumulate(filled)
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    ax.plot(x, values, "o", markersize=4, label=label or objective)
+    ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color=BEST_COLOR, label="best so far")
+    ax.set_xlabel("trial", fontsize=9)
+    ax.set_ylabel(label or objective, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def comparison_curves(histories: Sequence[Sequence[Mapping]], names: Sequence[str], key: str,
+                      best_epochs: Sequence[int | None]) -> str | None:
+    """One metric (validation and training) of several runs on shared axes."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    drawn = False
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (history, name, best) in enumerate(zip(histories, names, best_epochs)):
+        color = colors[i % len(colors)]
+        for k, style, suffix in (("val_" + key, "-", "validation"), (key, ":", "training")):
+            x, y = _series(history or [], k)
+            if len(x):
+                ax.plot(x, y, style, marker="o", markersize=3, color=color, label=f"{name} {suffix}")
+                drawn = True
+        if best is not None:
+            ax.axvline(best, color=color, linestyle="--", linewidth=1, alpha=0.6)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_title(f"{key} (dashed line: epoch kept)", fontsize=10)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

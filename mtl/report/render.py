@@ -1,0 +1,487 @@
+"""Assemble the content of a report from a directory's files and render it with Jinja2.
+
+``render_report`` handles a run, tuning or study directory (``detect_kind``);
+``render_comparison`` puts several runs side by side. Both write one self-contained HTML
+file (figures as PNG and thumbnails as JPEG ``data:`` URIs, CSS and JavaScript inline) and
+return its path. Sections whose files are missing are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jinja2
+
+from mtl import __version__
+from mtl.errors import DataError
+from mtl.io import atomic_write_text
+from mtl.report import figures, tables
+from mtl.report.examples import MAX_GALLERY, MAX_QUERIES, PER_GROUP, prediction_examples, retrieval_examples
+from mtl.report.rundir import RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
+from mtl.report.thumbnails import Thumbnailer
+
+__all__ = ["render_report", "render_comparison", "report_command", "detect_kind", "output_path",
+           "run_context", "MAX_QUERIES", "MAX_GALLERY"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MAX_TABLE_ROWS = 500  # trials / study tables longer than this are cut (the CSV has them all)
+
+
+def report_command(run_dir: str | Path, *others: str | Path) -> str:
+    """The shell command that renders the report of ``run_dir`` (compared with ``others``)."""
+    return shlex.join(["python", "scripts/report.py", str(run_dir), *map(str, others)])
+
+
+def output_path(out: str | Path | None, dirs: Sequence[str | Path]) -> Path:
+    """Where the HTML goes: ``out`` if it ends in ``.html``, else ``<out>/index.html``; by default
+    ``reports/<name>/index.html`` (``reports/<A>-vs-<B>/`` for a comparison)."""
+    if out is None:
+        names = [Path(d).resolve().name for d in dirs]
+        out = Path("reports") / "-vs-".join(names)
+    out = Path(out)
+    return out if out.suffix.lower() in (".html", ".htm") else out / "index.html"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v, d=1: "–" if v is None or not figures.finite(v) else f"{100 * float(v):.{d}f}%"
+    env.filters["num"] = lambda v: "–" if v is None else (f"{v:,}" if isinstance(v, int) else
+                                                         (f"{v:.4g}" if isinstance(v, float) else str(v)))
+    env.filters["duration"] = _duration
+    return env
+
+
+def _duration(seconds) -> str:
+    if not figures.finite(seconds):
+        return "–"
+    s = float(seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _progress(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# one run
+
+
+def _task_specs(rf: RunFiles) -> list[dict]:
+    """Task specs from tasks.json, else from the names in metrics.json (classes unknown)."""
+    specs = [t for t in (rf.tasks or []) if isinstance(t, Mapping) and "name" in t]
+    known = {t["name"] for t in specs}
+    for name, r in ((rf.metrics or {}).get("tasks") or {}).items():
+        if name not in known and isinstance(r, Mapping):
+            classes = [c.get("class", str(i)) for i, c in enumerate(r.get("per_class") or []) if isinstance(c, Mapping)]
+            specs.append({"name": name, "kind": r.get("kind", "categorical"), "classes": classes})
+    return [{"name": str(t["name"]), "kind": str(t.get("kind", "categorical")),
+             "classes": [str(c) for c in (t.get("classes") or [])]} for t in specs]
+
+
+def _reproduce(rf: RunFiles) -> list[tuple[str, str]]:
+    """Commands that reproduce the run: the original command line, and the same training from
+    the saved config (which pins every setting, including defaults that may change later)."""
+    out = []
+    if rf.command:
+        cmd = rf.command
+        first = cmd.split(" ", 1)[0]
+        if first.endswith(".py"):  # command.txt stores sys.argv: the interpreter is implicit
+            cmd = "python " + cmd
+        out.append(("as it was run", cmd))
+    if rf.config_text is not None:
+        cfg = rf.path / "config.yaml"
+        out.append(("from the saved config", shlex.join(["python", "scripts/train.py", "--config", str(cfg),
+                                                          "--out", f"{rf.path}-again"])))
+    return out
+
+
+def _image_roots(rf: RunFiles) -> list[Path]:
+    roots = [rf.path]
+    root = (rf.data or {}).get("root")
+    if isinstance(root, str) and root:
+        roots.append(Path(root))
+    roots.append(Path.cwd())
+    return roots
+
+
+def _model_items(model: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    labels = [("trunk", "trunk"), ("weights", "trunk weights"), ("head", "head"), ("input_shape", "input (H, W, C)"),
+              ("params_total", "parameters"), ("params_trainable", "trainable parameters"),
+              ("params_trunk", "trunk parameters"), ("outputs", "outputs")]
+    items = []
+    for key, label in labels:
+        if key in model:
+            v = model[key]
+            if key == "input_shape" and isinstance(v, list):
+                v = " × ".join(map(str, v))
+            elif key == "outputs" and isinstance(v, list):
+                v = ", ".join(map(str, v))
+            elif isinstance(v, int) and not isinstance(v, bool):
+                v = f"{v:,}"
+            items.append((label, "none" if v is None else v))
+    items += [(k, v) for k, v in model.items() if k not in dict(labels) and isinstance(v, (str, int, float))]
+    return items
+
+
+def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    items = []
+    if "train_time_s" in training:
+        items.append(("training time", _duration(training["train_time_s"])))
+    if "epochs_run" in training:
+        items.append(("epochs run", training["epochs_run"]))
+    if "best_epoch" in training:
+        items.append(("epoch kept (early stopping)", training["best_epoch"]))
+    if "mean_epoch_time_s" in training:
+        items.append(("mean epoch time", _duration(training["mean_epoch_time_s"])))
+    return items
+
+
+def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
+                max_queries: int = MAX_QUERIES) -> dict:
+    """Everything the run template shows, from the files of one run directory.
+
+    Args:
+        rf: the loaded files (``mtl.report.rundir.load``).
+        quiet: no progress messages on stderr.
+        per_group: thumbnails per example group and task.
+        max_queries: retrieval examples shown.
+
+    Returns:
+        A dict of sections; a section is ``None`` / empty when its files are missing.
+    """
+    metrics = rf.metrics or {}
+    task_metrics = {k: v for k, v in (metrics.get("tasks") or {}).items() if isinstance(v, Mapping)}
+    training = metrics.get("training") if isinstance(metrics.get("training"), Mapping) else {}
+    best_epoch = training.get("best_epoch")
+    best_epoch = best_epoch if figures.finite(best_epoch) else None
+    specs = _task_specs(rf)
+    thumbs = Thumbnailer(_image_roots(rf))
+    ctx: dict[str, Any] = {"name": rf.name, "path": str(rf.path), "notes": list(rf.notes)}
+
+    # the run
+    data = rf.data or {}
+    ctx["data_items"] = [(k, v) for k, v in (("format", data.get("format")), ("folder", data.get("root")),
+                                              ("embedded synthetic default", data.get("embedded_default")))
+                         if v is not None]
+    ctx["splits"] = tables.split_table(data, rf.split)
+    ctx["tasks_table"] = tables.Table(headers=["task", "kind", "classes", "class names"], numeric=[False, False, True, False])
+    for t in specs:
+        names = ", ".join(t["classes"])
+        ctx["tasks_table"].rows.append([tables.Cell(t["name"], t["name"]), tables.Cell(t["kind"], t["kind"]),
+                                        tables.format_value(len(t["classes"]), tables.INTEGER),
+                                        tables.Cell(names if len(names) < 300 else names[:297] + "...", names)])
+    ctx["model_items"] = _model_items(rf.model or {})
+    ctx["training_items"] = _training_items(training)
+    ctx["reproduce"] = _reproduce(rf)
+    ctx["config_text"] = rf.config_text
+    ctx["report_command"] = report_command(rf.path)
+
+    # at a glance
+    summary = metrics.get("summary") if isinstance(metrics.get("summary"), Mapping) else {}
+    reid = metrics.get("reid") if isinstance(metrics.get("reid"), Mapping) else None
+    ctx["headline"] = [(label, summary.get(key)) for key, label in
+                       (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
+                        ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
+                       if figures.finite(summary.get(key))]
+    plain = tables.reid_ranking(reid, "plain")
+    ctx["headline"] += [(label, plain.get(key)) for key, label in (("mAP", "re-id mAP"), ("rank1", "re-id rank-1"))
+                        if figures.finite(plain.get(key))]
+    _progress("report: tables and figures", quiet)
+    if task_metrics:
+        overview = tables.task_overview(task_metrics)
+        ctx["overview_table"] = tables.overview_table(task_metrics)
+        ctx["overview_figure"] = figures.baseline_figure(overview)
+        ctx["verdicts"] = [(str(t), v, tables.VERDICT_CSS[v]) for t, v in zip(overview["task"], overview["verdict"])]
+    else:
+        ctx["overview_table"] = ctx["overview_figure"] = None
+        ctx["verdicts"] = []
+
+    # training curves: one panel per metric, grouped by task
+    ctx["curves"] = []
+    if rf.history:
+        groups = figures.split_history(rf.history, [t["name"] for t in specs])
+        overall = [k for k in ("masked_loss", "loss") if k in groups[""]]
+        if len(overall) == 2 and figures.same_series(rf.history, "masked_loss", "loss"):
+            overall = ["masked_loss"]
+        groups_to_plot = [("all tasks", [(k, groups[""][k]) for k in overall])]
+        for t in specs:
+            of_task = groups.get(t["name"], {})
+            groups_to_plot.append((t["name"], [(m, of_task[m]) for m in figures.metrics_to_plot(of_task)]))
+        for group, metric_keys in groups_to_plot:
+            panels = []
+            for metric, key in metric_keys:
+                uri = figures.curve_panel(rf.history, key, f"{group} · {metric}", best_epoch)
+                if uri:
+                    panels.append({"title": f"{group} · {metric}", "uri": uri})
+            if panels:
+                ctx["curves"].append({"title": group, "panels": panels})
+    ctx["best_epoch"] = best_epoch
+    ctx["epochs"] = len(rf.history or [])
+
+    # binary attributes together
+    ctx["binary_table"] = tables.binary_table(task_metrics)
+    ctx["mA"] = summary.get("mA") if figures.finite(summary.get("mA")) else None
+
+    # per task
+    _progress("report: examples", quiet)
+    preds = rf.predictions
+    verdict_css = {t: css for t, _, css in ctx["verdicts"]}
+    ctx["task_sections"] = []
+    for t in specs:
+        r = task_metrics.get(t["name"])
+        section: dict[str, Any] = {"name": t["name"], "kind": t["kind"], "metrics": None, "per_class": None,
+                                   "confusion": None, "examples": [], "css": verdict_css.get(t["name"], "")}
+        if r is not None:
+            section["metrics"] = [(label, r.get(key)) for key, label in
+                                  (("accuracy", "accuracy"), ("majority_accuracy", "majority baseline"),
+                                   ("macro_f1", "macro F1"), ("balanced_accuracy", "balanced accuracy"))
+                                  if figures.finite(r.get(key))]
+            section["support"] = r.get("support")
+            section["per_class"] = tables.per_class_table(r) if r.get("per_class") else None
+        cols = {f"{t['name']}_true", f"{t['name']}_pred"}
+        if preds is not None and cols <= set(preds.columns) and t["kind"] == "categorical" and t["classes"]:
+            counts = figures.confusion_counts(preds[f"{t['name']}_true"].fillna(-1).to_numpy(),
+                                              preds[f"{t['name']}_pred"].fillna(-1).to_numpy(), len(t["classes"]))
+            if counts.sum():
+                section["confusion"] = figures.confusion_figure(counts, t["classes"], f"{t['name']}: confusion matrix")
+        if preds is not None:
+            section["examples"] = prediction_examples(preds, t["name"], t["classes"], thumbs.uri, per_group)
+        if section["metrics"] or section["confusion"] or section["examples"]:
+            ctx["task_sections"].append(section)
+
+    # re-identification
+    ctx["reid"] = None
+    if reid or rf.reid_examples:
+        reid = reid or {}
+        variants = tables.reid_variants(reid)
+        curves = {label: v["cmc"] for label, v in variants if isinstance(v.get("cmc"), list)}
+        ctx["reid"] = {
+            "table": tables.reid_table(reid) if variants else None,
+            "extras": tables.reid_extras(reid),
+            "cmc": figures.cmc_figure(curves),
+            "examples": retrieval_examples(rf.reid_examples or [], thumbs.uri, max_queries),
+            "total_examples": len(rf.reid_examples or []),
+        }
+    ctx["missing_images"] = thumbs.missing
+    return ctx
+
+
+# --------------------------------------------------------------------------------------------
+# tuning and study
+
+
+def _objective(info: Mapping[str, Any], trials) -> tuple[str | None, str | None, str | None]:
+    """(trials column holding the objective, its display name, direction) from ``tuning.json``.
+
+    ``objective`` is either a column name or ``{"name", "direction", ...}`` (``mtl.tuning``,
+    whose ``trials.csv`` stores the value in a column called ``objective``).
+    """
+    obj = info.get("objective")
+    name, direction = (obj.get("name"), obj.get("direction")) if isinstance(obj, Mapping) else (obj, None)
+    direction = direction or info.get("direction")
+    columns = set(trials.columns) if trials is not None else set()
+    column = next((c for c in (name, "objective") if isinstance(c, str) and c in columns), None)
+    return column, (name if isinstance(name, str) else column), direction
+
+
+def _tuning_context(rf: RunFiles) -> dict:
+    info = rf.tuning or {}
+    column, name, direction = _objective(info, rf.trials)
+    best = info.get("best") if isinstance(info.get("best"), Mapping) else {}
+    summary = [(k, v) for k, v in info.items() if k not in ("objective", "best", "command", "direction")
+               and not isinstance(v, (Mapping, list))]
+    if name:
+        summary.insert(0, ("objective", f"{name} ({direction})" if direction else name))
+    if best:
+        summary += [(f"best {k.replace('_', ' ')}", v) for k, v in best.items() if not isinstance(v, (Mapping, list))]
+    hps = best.get("hyperparameters") if isinstance(best.get("hyperparameters"), Mapping) else {}
+    ctx: dict[str, Any] = {"info": tables.key_value_table(summary) if summary else None,
+                           "best_hps": tables.key_value_table(hps) if hps else None,
+                           "command": info.get("command") if isinstance(info.get("command"), str) else None,
+                           "trials": None, "trials_figure": None, "best_config": rf.best_config_text}
+    if rf.trials is not None:
+        if column:
+            ctx["trials_figure"] = figures.trials_figure(rf.trials, column, direction, label=name)
+        ordered = tables.sort_trials(rf.trials, column, direction)
+        caption = f"sorted by {name}, best first" if column and ordered is not rf.trials else ""
+        ctx["trials"] = tables.frame_table(ordered, caption=caption, max_rows=MAX_TABLE_ROWS)
+        if column and ctx["trials"].rows:
+            for cell in ctx["trials"].rows[0]:  # the best trial
+                cell.css = cell.css or "good"
+    if rf.best_config_text:
+        ctx["train_best"] = shlex.join(["python", "scripts/train.py", "--config", str(rf.path / "best_config.yaml")])
+    else:
+        ctx["train_best"] = None
+    return ctx
+
+
+def _study_context(rf: RunFiles) -> dict:
+    return {"info": tables.key_value_table(rf.study_info) if rf.study_info else None,
+            "table": tables.frame_table(rf.study, max_rows=MAX_TABLE_ROWS) if rf.study is not None else None}
+
+
+def _sub_runs_table(path: Path) -> tables.Table | None:
+    runs = sub_runs(path)
+    if not runs:
+        return None
+    table = tables.Table(headers=["run", "tasks", "mean accuracy", "mean majority baseline", "mA", "epoch kept",
+                                  "report"], numeric=[False, False, True, True, True, True, False])
+    for run in runs:
+        sub = load(run)
+        m = sub.metrics or {}
+        s = m.get("summary") if isinstance(m.get("summary"), Mapping) else {}
+        tr = m.get("training") if isinstance(m.get("training"), Mapping) else {}
+        tasks = ", ".join((m.get("tasks") or {}).keys())
+        table.rows.append([tables.Cell(run.name, run.name), tables.Cell(tasks, tasks),
+                           tables.format_value(s.get("mean_accuracy"), tables.PERCENT),
+                           tables.format_value(s.get("mean_majority_accuracy"), tables.PERCENT),
+                           tables.format_value(s.get("mA"), tables.PERCENT),
+                           tables.format_value(tr.get("best_epoch"), tables.INTEGER),
+                           tables.Cell(report_command(run), "")])
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+
+
+def _write(template: str, context: dict, out: Path) -> Path:
+    context = {"version": __version__, "generated": f"{datetime.now():%Y-%m-%d %H:%M}", **context}
+    text = _environment().get_template(template).render(**context)
+    atomic_write_text(out, text)
+    try:  # atomic writes create 0600 files; a report is meant to be opened and shared
+        os.chmod(out, 0o644)
+    except OSError:
+        pass
+    return out
+
+
+def render_report(path: str | Path, out: str | Path | None = None, quiet: bool = True,
+                  per_group: int = PER_GROUP, max_queries: int = MAX_QUERIES) -> Path:
+    """Render the report of a run, tuning or study directory.
+
+    Args:
+        path: the directory (its kind is detected from its files, see ``detect_kind``).
+        out: output ``.html`` file or folder (``index.html`` inside); default
+            ``reports/<name>/index.html``.
+        quiet: no progress messages on stderr.
+        per_group: example thumbnails per group (4 groups per task).
+        max_queries: retrieval examples shown.
+
+    Returns:
+        The path of the written HTML file.
+
+    Raises:
+        DataError: ``path`` is not a run, tuning or study directory.
+    """
+    start = time.time()
+    rf = load(path)
+    target = output_path(out, [path])
+    _progress(f"report: reading {rf.path} ({rf.kind})", quiet)
+    context: dict[str, Any] = {"kind": rf.kind, "name": rf.name, "path": str(rf.path), "notes": list(rf.notes),
+                               "report_command": report_command(rf.path)}
+    has_run_files = rf.metrics is not None or rf.history is not None
+    context["run"] = run_context(rf, quiet, per_group, max_queries) if rf.kind == RUN or has_run_files else None
+    context["tuning"] = _tuning_context(rf) if rf.kind == TUNING or rf.trials is not None else None
+    context["study"] = _study_context(rf) if rf.kind == STUDY else None
+    context["sub_runs"] = _sub_runs_table(rf.path) if rf.kind in (TUNING, STUDY) else None
+    title = {RUN: "Run", TUNING: "Tuning", STUDY: "Study"}[rf.kind]
+    context["title"] = f"{title} report: {rf.name}"
+    _write("report.html.j2", context, target)
+    _progress(f"report: wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {time.time() - start:.1f} s)", quiet)
+    return target
+
+
+def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None, quiet: bool = True) -> Path:
+    """Render several runs side by side: settings that differ, metrics per task, curves.
+
+    Args:
+        paths: two or more run directories.
+        out: output ``.html`` file or folder; default ``reports/<A>-vs-<B>/index.html``.
+        quiet: no progress messages on stderr.
+
+    Returns:
+        The path of the written HTML file.
+
+    Raises:
+        DataError: fewer than two directories, or one of them is not a run directory.
+    """
+    if len(paths) < 2:
+        raise DataError("a comparison needs at least two run directories")
+    runs = [load(p) for p in paths]
+    for rf in runs:
+        if rf.metrics is None and rf.history is None:
+            raise DataError(f"{rf.path}: not a training run (no metrics.json or history.json) - "
+                            f"render it alone with {report_command(rf.path)}")
+    names = _unique_names(runs)
+    target = output_path(out, paths)
+    _progress(f"report: comparing {', '.join(names)}", quiet)
+    overview = []
+    for name, rf in zip(names, runs):
+        m = rf.metrics or {}
+        s = m.get("summary") if isinstance(m.get("summary"), Mapping) else {}
+        tr = m.get("training") if isinstance(m.get("training"), Mapping) else {}
+        reid = tables.reid_ranking(m.get("reid"), "plain")
+        overview.append({"name": name, "path": str(rf.path), "tasks": ", ".join(t["name"] for t in _task_specs(rf)),
+                         "trunk": (rf.model or {}).get("trunk") or (rf.config or {}).get("model", {}).get("trunk"),
+                         "params": (rf.model or {}).get("params_total"),
+                         "train_time": _duration(tr.get("train_time_s")), "epochs": tr.get("epochs_run"),
+                         "best_epoch": tr.get("best_epoch"), "mean_accuracy": s.get("mean_accuracy"),
+                         "majority": s.get("mean_majority_accuracy"), "macro_f1": s.get("mean_macro_f1"),
+                         "mA": s.get("mA"), "mAP": reid.get("mAP"), "rank1": reid.get("rank1"),
+                         "command": next(iter(_reproduce(rf)), ("", None))[1],
+                         "notes": rf.notes})
+    histories = [rf.history or [] for rf in runs]
+    bests = [((rf.metrics or {}).get("training") or {}).get("best_epoch") for rf in runs]
+    curves = []
+    # the masked loss is what early stopping watched; Keras' weighted loss only when it is absent
+    keys = ["masked_loss"] if all(any("val_masked_loss" in e for e in h) for h in histories) else ["loss"]
+    for t in (t["name"] for t in _task_specs(runs[0])):
+        if all(any(f"val_{t}_accuracy" in e for e in h) for h in histories):
+            keys.append(f"{t}_accuracy")
+    for key in keys:
+        uri = figures.comparison_curves(histories, names, key, bests)
+        if uri:
+            curves.append({"title": key, "uri": uri})
+    reid_rows = None
+    if any(isinstance((rf.metrics or {}).get("reid"), Mapping) for rf in runs):
+        reid_rows = tables.Table(headers=["run", "mAP", "mINP", "rank-1", "rank-5", "rank-10", "re-ranked mAP",
+                                          "re-ranked rank-1"], numeric=[False] + [True] * 7)
+        for name, rf in zip(names, runs):
+            reid = (rf.metrics or {}).get("reid")
+            plain, rr = tables.reid_ranking(reid, "plain"), tables.reid_ranking(reid, "reranked")
+            reid_rows.rows.append([tables.Cell(name, name)] +
+                                  [tables.format_value(tables._nan(plain.get(k)), tables.PERCENT) for k in tables.REID_KEYS] +
+                                  [tables.format_value(tables._nan(rr.get(k)), tables.PERCENT) for k in ("mAP", "rank1")])
+    context = {
+        "title": f"Comparison: {' vs '.join(names)}", "names": names, "runs": overview,
+        "config_diff": tables.config_diff([rf.config for rf in runs], names),
+        "tasks_table": tables.comparison_table([(rf.metrics or {}).get("tasks") for rf in runs], names),
+        "curves": curves, "reid_table": reid_rows,
+        "report_command": report_command(*[rf.path for rf in runs]),
+    }
+    _write("compare.html.j2", context, target)
+    _progress(f"report: wrote {target} ({target.stat().st_size / 1e6:.2f} MB)", quiet)
+    return target
+
+
+def _unique_names(runs: Sequence[RunFiles]) -> list[str]:
+    names = [rf.name for rf in runs]
+    if len(set(names)) < len(names):  # runs/x and other/x: tell them apart by their parent
+        names = [f"{rf.path.resolve().parent.name}/{rf.name}" for rf in runs]
+    if len(set(names)) < len(names):
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    return names
+
