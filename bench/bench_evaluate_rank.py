@@ -37,24 +37,24 @@ from mtl.reid import evaluate_rank  # noqa: E402
 from mtl.reid.distance import euclidean_distance  # noqa: E402
 
 
-def market_like_problem(seed=0, num_query=3368, num_gallery=15913, num_ids=750,
-                        num_distractors=2798, num_cams=6, dim=64, noise=1.0, cam_shift=0.35):
-    """Synthetic query/gallery embeddings with Market-1501 proportions -> distance matrix.
+def market_like_features(seed=0, num_query=3368, num_gallery=15913, num_ids=750,
+                         num_distractors=2798, num_cams=6, dim=64, noise=1.0, cam_shift=0.35):
+    """Synthetic query/gallery embeddings with Market-1501 proportions.
 
     Each identity has a random centre; an image is centre + camera offset * cam_shift +
-    Gaussian noise, so matching is imperfect (mAP around 0.5) and the same camera is a
-    confounder, as in real data. Distractors (identity 0) have their own random centres.
-    Returns ``distmat`` (float32), ``q_pids``, ``g_pids``, ``q_camids``, ``g_camids``.
+    Gaussian noise, so matching is imperfect and the same camera is a confounder, as in real
+    data. Distractors (identity 0) have their own random centres. Every query identity has
+    gallery images (at least 2) in random cameras; queries of one identity are in distinct
+    cameras. Returns ``q_feat``, ``g_feat`` (float32), ``q_pids``, ``g_pids``, ``q_camids``,
+    ``g_camids``.
     """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_ids + 1, dim)).astype(np.float32)
     cam_offsets = rng.standard_normal((num_cams, dim)).astype(np.float32)
-    # Queries: every identity in several cameras (distinct cameras per identity).
     per_id = np.full(num_ids, num_query // num_ids)
     per_id[rng.permutation(num_ids)[: num_query - per_id.sum()]] += 1
     q_pids = np.repeat(np.arange(1, num_ids + 1), per_id)
     q_camids = np.concatenate([rng.permutation(num_cams)[:n] for n in per_id])
-    # Gallery: uneven number of images per identity (at least 2), random cameras.
     num_real = num_gallery - num_distractors
     weights = rng.gamma(2.0, size=num_ids)
     counts = 2 + rng.multinomial(num_real - 2 * num_ids, weights / weights.sum())
@@ -68,12 +68,18 @@ def market_like_problem(seed=0, num_query=3368, num_gallery=15913, num_ids=750,
         base = centres[pids].copy()
         distractor = pids == 0
         base[distractor] = rng.standard_normal((int(distractor.sum()), dim))
-        return base + cam_shift * cam_offsets[cams] + noise * rng.standard_normal((len(pids), dim)).astype(np.float32)
+        base += cam_shift * cam_offsets[cams]
+        base += noise * rng.standard_normal((len(pids), dim)).astype(np.float32)
+        return base
 
-    q_feat = embed(q_pids, q_camids)
-    g_feat = embed(g_pids, g_camids)
-    distmat = euclidean_distance(q_feat, g_feat)
-    return distmat, q_pids, g_pids, q_camids, g_camids
+    return embed(q_pids, q_camids), embed(g_pids, g_camids), q_pids, g_pids, q_camids, g_camids
+
+
+def market_like_problem(seed=0, **kwargs):
+    """:func:`market_like_features` turned into a Euclidean distance matrix (float32):
+    returns ``distmat``, ``q_pids``, ``g_pids``, ``q_camids``, ``g_camids`` (mAP about 0.6)."""
+    q_feat, g_feat, q_pids, g_pids, q_camids, g_camids = market_like_features(seed=seed, **kwargs)
+    return euclidean_distance(q_feat, g_feat), q_pids, g_pids, q_camids, g_camids
 
 
 def reference_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):

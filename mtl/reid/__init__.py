@@ -11,9 +11,12 @@ from mtl.reid.distance import (
     euclidean_distance,
 )
 from mtl.reid.evaluate import evaluate_rank
+from mtl.reid.rerank import re_ranking, re_ranking_features
 
 __all__ = [
     "evaluate_rank",
+    "re_ranking",
+    "re_ranking_features",
     "euclidean_distance",
     "cosine_distance",
     "attribute_distance",

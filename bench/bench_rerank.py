@@ -1,0 +1,242 @@
+"""Benchmark of mtl.reid.re_ranking against the common dense numpy implementation.
+
+Two parts, in one process:
+
+1. Comparison at a size the reference can run (default 1,000 queries x 4,000 gallery): the
+   reference implementation (paper code / torchreid: dense (Q+G)^2 distance, full argsort,
+   dense V, Jaccard through an inverted index) and ``re_ranking`` on the same float32
+   Euclidean distance matrices; prints both times, the ratio, their extra memory, the
+   largest difference of the re-ranked distances, and asserts that mAP agrees to 0.001.
+2. Market-1501 size (3,368 queries x 15,913 gallery, 2,048-d embeddings by default):
+   ``re_ranking_features`` from the embeddings, and ``re_ranking`` from precomputed
+   q_g / q_q / g_g matrices (g_g alone is 1 GiB); prints times and peak extra memory.
+   The reference is not run at this size unless ``--full-baseline`` (it needs about
+   9 GB); its time is extrapolated from part 1 by the (Q+G)^2 growth of its dominant steps.
+
+    python bench/bench_rerank.py                  # both parts (about 2 minutes)
+    python bench/bench_rerank.py --dim 512        # 512-d embeddings at Market size
+    python bench/bench_rerank.py --skip-full      # part 1 only
+
+Memory: "extra" is the peak of numpy allocations during the call above what existed before
+it (tracemalloc; inputs excluded, output included), measured in a separate run from the
+timing. For the reference, the growth of the process peak RSS (ru_maxrss) during its run,
+which is run first so that nothing before it raised the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench_evaluate_rank import market_like_features  # noqa: E402
+
+from mtl.reid import evaluate_rank, euclidean_distance, re_ranking, re_ranking_features  # noqa: E402
+
+
+def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """The numpy implementation shipped with the paper and torchreid (dense (Q+G)^2)."""
+    original_dist = np.concatenate(
+        [np.concatenate([q_q_dist, q_g_dist], axis=1),
+         np.concatenate([q_g_dist.T, g_g_dist], axis=1)],
+        axis=0,
+    )
+    original_dist = np.power(original_dist, 2).astype(np.float32)
+    original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+    V = np.zeros_like(original_dist).astype(np.float32)
+    initial_rank = np.argsort(original_dist).astype(np.int32)
+
+    query_num = q_g_dist.shape[0]
+    gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
+    all_num = gallery_num
+
+    for i in range(all_num):
+        forward_k_neigh_index = initial_rank[i, :k1 + 1]
+        backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
+        fi = np.where(backward_k_neigh_index == i)[0]
+        k_reciprocal_index = forward_k_neigh_index[fi]
+        k_reciprocal_expansion_index = k_reciprocal_index
+        for j in range(len(k_reciprocal_index)):
+            candidate = k_reciprocal_index[j]
+            candidate_forward_k_neigh_index = initial_rank[candidate, :int(np.around(k1 / 2.)) + 1]
+            candidate_backward_k_neigh_index = initial_rank[candidate_forward_k_neigh_index,
+                                                            :int(np.around(k1 / 2.)) + 1]
+            fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
+            candidate_k_reciprocal_index = candidate_forward_k_neigh_index[fi_candidate]
+            if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > 2. / 3 * len(
+                    candidate_k_reciprocal_index):
+                k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index, candidate_k_reciprocal_index)
+
+        k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
+        weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
+        V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
+    original_dist = original_dist[:query_num, ]
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=np.float32)
+        for i in range(all_num):
+            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
+        V = V_qe
+        del V_qe
+    del initial_rank
+    invIndex = []
+    for i in range(gallery_num):
+        invIndex.append(np.where(V[:, i] != 0)[0])
+
+    jaccard_dist = np.zeros_like(original_dist, dtype=np.float32)
+    for i in range(query_num):
+        temp_min = np.zeros(shape=[1, gallery_num], dtype=np.float32)
+        indNonZero = np.where(V[i, :] != 0)[0]
+        indImages = [invIndex[ind] for ind in indNonZero]
+        for j in range(len(indNonZero)):
+            temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(
+                V[i, indNonZero[j]], V[indImages[j], indNonZero[j]])
+        jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
+
+    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
+    del original_dist
+    del V
+    del jaccard_dist
+    final_dist = final_dist[:query_num, query_num:]
+    return final_dist
+
+
+def _maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _peak_mib(fn, *args, **kwargs):
+    """Peak numpy/Python allocation during ``fn`` above what was allocated before (MiB)."""
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    out = fn(*args, **kwargs)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    del out
+    return peak / 2**20
+
+
+def _problem(num_query, num_gallery, dim, noise, seed):
+    scale = num_gallery / 15913
+    return market_like_features(
+        seed=seed, num_query=num_query, num_gallery=num_gallery,
+        num_ids=max(2, round(750 * num_query / 3368)), num_distractors=round(2798 * scale),
+        dim=dim, noise=noise,
+    )
+
+
+def _mAP(dist, q_pids, g_pids, q_camids, g_camids):
+    return evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids)["mAP"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small-queries", type=int, default=1000)
+    parser.add_argument("--small-gallery", type=int, default=4000)
+    parser.add_argument("--dim", type=int, default=2048, help="embedding dimension")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="embedding noise (default: chosen for an original mAP around 0.3-0.4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-full", action="store_true", help="run part 1 only")
+    parser.add_argument("--full-baseline", action="store_true",
+                        help="also run the reference at Market size (needs about 9 GB of memory)")
+    args = parser.parse_args(argv)
+    noise = args.noise if args.noise is not None else 2.35 * (args.dim / 512) ** 0.31
+
+    # ---------------------------------------------------------------- part 1
+    nq, ng = args.small_queries, args.small_gallery
+    q_feat, g_feat, q_pids, g_pids, q_camids, g_camids = _problem(nq, ng, args.dim, noise, args.seed)
+    q_g = euclidean_distance(q_feat, g_feat)
+    q_q = euclidean_distance(q_feat, q_feat)
+    g_g = euclidean_distance(g_feat, g_feat)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    print(f"part 1: {nq} queries x {ng} gallery, {args.dim}-d embeddings, float32 distances")
+
+    rss0 = _maxrss_mib()
+    ref, ref_time = _timed(reference_re_ranking, q_g, q_q, g_g)
+    ref_rss = _maxrss_mib() - rss0
+    print(f"  reference (dense numpy):    {ref_time:8.2f} s   peak RSS growth {ref_rss:7.0f} MiB")
+
+    times = []
+    for _ in range(3):
+        got, t = _timed(re_ranking, q_g, q_q, g_g)
+        times.append(t)
+    fast_time = min(times)
+    fast_peak = _peak_mib(re_ranking, q_g, q_q, g_g)
+    print(f"  re_ranking (matrices):      {fast_time:8.3f} s   peak extra memory {fast_peak:7.0f} MiB "
+          f"(best of 3: {', '.join(f'{t:.3f}' for t in times)})")
+    feat_res, feat_time = _timed(re_ranking_features, q_feat, g_feat)
+    print(f"  re_ranking_features:        {feat_time:8.3f} s")
+
+    small_ratio = ref_time / fast_time
+    max_diff = float(np.max(np.abs(got - ref)))
+    map_orig = _mAP(q_g, *labels)
+    map_ref, map_got, map_feat = _mAP(ref, *labels), _mAP(got, *labels), _mAP(feat_res, *labels)
+    print(f"  speed-up {small_ratio:.0f}x; max |re_ranking - reference| = {max_diff:.2e}")
+    print(f"  mAP: original {map_orig:.4f}, reference re-ranked {map_ref:.4f}, re_ranking {map_got:.4f} "
+          f"(diff {abs(map_got - map_ref):.1e}), re_ranking_features {map_feat:.4f}")
+    assert abs(map_got - map_ref) < 1e-3, (map_got, map_ref)
+    assert abs(map_feat - map_ref) < 1e-3, (map_feat, map_ref)
+    del ref, got, feat_res, q_g, q_q, g_g
+
+    if args.skip_full:
+        print("OK (part 1)")
+        return
+
+    # ---------------------------------------------------------------- part 2
+    nq, ng = 3368, 15913
+    q_feat, g_feat, q_pids, g_pids, q_camids, g_camids = _problem(nq, ng, args.dim, noise, args.seed)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    print(f"part 2: Market size, {nq} queries x {ng} gallery, {args.dim}-d embeddings")
+    feat_res, feat_time = _timed(re_ranking_features, q_feat, g_feat)
+    print(f"  re_ranking_features:        {feat_time:8.2f} s", flush=True)
+    feat_peak = _peak_mib(re_ranking_features, q_feat, g_feat)
+    print(f"    peak extra memory {feat_peak:.0f} MiB (output {feat_res.nbytes / 2**20:.0f} MiB included)")
+
+    (q_g, dist_time) = _timed(euclidean_distance, q_feat, g_feat)
+    q_q = euclidean_distance(q_feat, q_feat)
+    g_g, gg_time = _timed(euclidean_distance, g_feat, g_feat)
+    print(f"  (distance matrices for re_ranking: q_g {dist_time:.1f} s, g_g {gg_time:.1f} s, "
+          f"g_g is {g_g.nbytes / 2**30:.2f} GiB)")
+    got, mat_time = _timed(re_ranking, q_g, q_q, g_g)
+    print(f"  re_ranking (matrices):      {mat_time:8.2f} s", flush=True)
+    mat_peak = _peak_mib(re_ranking, q_g, q_q, g_g)
+    print(f"    peak extra memory {mat_peak:.0f} MiB (inputs excluded, output included)")
+    map_orig, map_got, map_feat = _mAP(q_g, *labels), _mAP(got, *labels), _mAP(feat_res, *labels)
+    print(f"  mAP: original {map_orig:.4f}, re_ranking {map_got:.4f}, re_ranking_features {map_feat:.4f}")
+
+    n_small = args.small_queries + args.small_gallery
+    growth = ((nq + ng) / n_small) ** 2
+    print(f"  reference extrapolated from part 1 by ((Q+G) ratio)^2 = {growth:.1f}: "
+          f"~{ref_time * growth:.0f} s, ~{ref_rss * growth / 1024:.1f} GiB")
+    if args.full_baseline:
+        rss0 = _maxrss_mib()
+        ref, ref_full_time = _timed(reference_re_ranking, q_g, q_q, g_g)
+        ref_full_rss = _maxrss_mib() - rss0
+        print(f"  reference at Market size:   {ref_full_time:8.2f} s   peak RSS growth "
+              f"{ref_full_rss / 1024:.1f} GiB; mAP {_mAP(ref, *labels):.4f}, "
+              f"max |re_ranking - reference| = {float(np.max(np.abs(got - ref))):.2e}")
+        ref_full = ref_full_time
+    else:
+        ref_full = ref_time * growth
+    what = "measured" if args.full_baseline else "extrapolated"
+    print(f"  speed-up at Market size ({what} reference): {ref_full / mat_time:.0f}x from matrices, "
+          f"{ref_full / feat_time:.0f}x from features (which includes computing the distances)")
+    print("OK")
+
+
+if __name__ == "__main__":
+    main()
