@@ -1,5 +1,7 @@
 """mtl.reid.re_ranking against the common numpy implementation (Zhong et al. / torchreid)."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -101,15 +103,25 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(rerank_module, "_PAIR_CHUNK", 100)
 
 
+@functools.lru_cache(maxsize=None)
+def _reference_case(k1, k2, lam):
+    """Distances of the default problem and the reference result (computed once per test run)."""
+    q_feat, g_feat, *_ = _problem()
+    q_g, q_q, g_g = _euclidean(q_feat, g_feat), _euclidean(q_feat, q_feat), _euclidean(g_feat, g_feat)
+    return q_g, q_q, g_g, reference_re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam)
+
+
 @pytest.mark.parametrize("k1,k2,lam", [(20, 6, 0.3), (5, 1, 0.5), (7, 3, 0.0)])
 @pytest.mark.parametrize("chunks", ["default", "small"])
 def test_matches_reference(request, k1, k2, lam, chunks):
     if chunks == "small":
         request.getfixturevalue("small_chunks")
-    q_feat, g_feat, q_pids, g_pids, q_cams, g_cams = _problem()
-    q_g, q_q, g_g = _euclidean(q_feat, g_feat), _euclidean(q_feat, q_feat), _euclidean(g_feat, g_feat)
-    expected = reference_re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam)
+    _, _, q_pids, g_pids, q_cams, g_cams = _problem()
+    q_g, q_q, g_g, expected = _reference_case(k1, k2, lam)
+    inputs = [x.copy() for x in (q_g, q_q, g_g)]
     got = re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam)
+    for before, after in zip(inputs, (q_g, q_q, g_g)):
+        np.testing.assert_array_equal(before, after)  # inputs are not modified
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=2e-6)
     m_ref = evaluate_rank(expected, q_pids, g_pids, q_cams, g_cams)["mAP"]
@@ -143,11 +155,8 @@ def test_ties_are_ordered_by_index(monkeypatch, merge_elements):
     np.testing.assert_allclose(re_ranking(q_g, q_q, g_g, k1=6, k2=3), expected, atol=2e-6)
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("chunks", ["default", "small"])
-def test_features_equal_matrices(request, metric, chunks):
-    if chunks == "small":
-        request.getfixturevalue("small_chunks")
+@functools.lru_cache(maxsize=None)
+def _reference_features(metric):
     q_feat, g_feat, *_ = _problem(seed=1)
     if metric == "euclidean":
         dist = _euclidean
@@ -159,8 +168,17 @@ def test_features_equal_matrices(request, metric, chunks):
             if a.shape == b.shape and np.array_equal(a, b):
                 np.fill_diagonal(d, 0)
             return d
-    expected = reference_re_ranking(dist(q_feat, g_feat), dist(q_feat, q_feat), dist(g_feat, g_feat))
+    return reference_re_ranking(dist(q_feat, g_feat), dist(q_feat, q_feat), dist(g_feat, g_feat))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("chunks", ["default", "small"])
+def test_features_equal_matrices(request, metric, chunks):
+    if chunks == "small":
+        request.getfixturevalue("small_chunks")
+    q_feat, g_feat, *_ = _problem(seed=1)
     got = re_ranking_features(q_feat, g_feat, metric=metric)
+    expected = _reference_features(metric)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 

@@ -322,21 +322,25 @@ def _encoding(nn, k1, m, source):
     head = np.ascontiguousarray(nn[:, :k_half])
 
     keys = []
-    step = max(1, _ROW_ELEMENTS // (k * k_half * k))
+    step = max(1, min(n, _ROW_ELEMENTS // n))
+    member = np.zeros((step, n), dtype=bool)  # member[r, j]: j in the k1-reciprocal set of row r
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
-        rows = np.arange(i0, i1)
+        local = np.arange(i1 - i0)[:, None]
         cand, cand_ok = nn[i0:i1], recip[i0:i1]  # the k1-reciprocal set of each row
         half, half_ok = head[cand], recip_half[cand]  # each candidate's half-size set
         # |half set of candidate  AND  reciprocal set of the row| for every candidate.
-        in_set = ((half[:, :, :, None] == cand[:, None, None, :]) & cand_ok[:, None, None, :]).any(axis=3)
-        shared = (in_set & half_ok).sum(axis=2)
+        member[local, cand] = cand_ok
+        shared = (member[local[:, :, None], half] & half_ok).sum(axis=2)
+        member[local, cand] = False
         size = half_ok.sum(axis=2)
         take = cand_ok & (shared > 2.0 / 3 * size)
+        rows = np.arange(i0, i1, dtype=np.int64)
         keys.append((rows[:, None] * n + cand)[cand_ok])
-        expand = take[:, :, None] & half_ok
-        keys.append((rows[:, None, None] * n + half)[expand])
-    keys = np.unique(np.concatenate(keys))
+        keys.append((rows[:, None, None] * n + half)[take[:, :, None] & half_ok])
+    keys = np.concatenate(keys)
+    keys.sort()
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
     row, col = np.divmod(keys, n)
 
     # Weights exp(-original_dist[i, j]) normalised per row, in float32 as the reference.
@@ -383,23 +387,29 @@ def _finish_rows(out, v, m, num_q, lambda_value):
         lo, hi = vq.indptr[q0], vq.indptr[q1]
         ent_col = vq.indices[lo:hi]
         ent_val = vq.data[lo:hi]
-        ent_row = np.repeat(np.arange(q1 - q0), np.diff(vq.indptr[q0:q1 + 1]))
+        ent_row = np.repeat(np.arange(0, (q1 - q0) * num_g, num_g), np.diff(vq.indptr[q0:q1 + 1]))
+        # Every (query entry k, gallery row j using column k) pair: min(V[q, k], V[j, k]).
         reps = col_nnz[ent_col]
-        total = int(reps.sum())
-        start = np.repeat(vg.indptr[ent_col] - (np.cumsum(reps) - reps), reps)
-        pos = start + np.arange(total)
-        gal = vg.indices[pos]
-        contrib = np.minimum(np.repeat(ent_val, reps), vg.data[pos])
-        flat = np.repeat(ent_row, reps) * num_g + gal
+        pos = np.arange(int(reps.sum()))
+        pos += np.repeat(vg.indptr[ent_col] - (np.cumsum(reps) - reps), reps)
+        flat = np.repeat(ent_row, reps)
+        flat += vg.indices[pos]
+        contrib = np.repeat(ent_val, reps)
+        np.minimum(contrib, vg.data[pos], out=contrib)
+        del pos
         shared = np.bincount(flat, weights=contrib, minlength=(q1 - q0) * num_g)
+        del flat, contrib
+        # jaccard = 1 - shared / (2 - shared), in float32 as the reference.
         shared = shared.astype(np.float32).reshape(q1 - q0, num_g)
-        jaccard = np.float32(1.0) - shared / (np.float32(2.0) - shared)
+        denom = np.subtract(np.float32(2.0), shared)
+        np.divide(shared, denom, out=shared)
+        np.subtract(np.float32(1.0), shared, out=shared)
+        shared *= one_minus
 
         block = out[q0:q1]
         block /= m[q0:q1, None]
         block *= lam
-        jaccard *= one_minus
-        block += jaccard
+        block += shared
         q0 = q1
     return out
 
