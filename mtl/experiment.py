@@ -314,3 +314,35 @@ def write_data_files(run_dir: Path, cfg: Config, data: PreparedData) -> None:
     split = pd.concat([data.train.assign(split="train"), data.val.assign(split="val")])
     with atomic_path(run_dir / "split.csv") as tmp:
         split[["path", "identity", "camera", "split"]].to_csv(tmp, index=False)
+
+
+@dataclass
+class LoadedRun:
+    """What later commands (evaluate, predict) need from a run directory."""
+
+    run_dir: Path
+    config: Config
+    tasks: list[TaskSpec]
+    model: keras.Model
+    data: dict  # data.json
+    split: pd.DataFrame | None  # split.csv (path, identity, camera, split)
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Read a finished run: resolved config, task specs, trained model, data description and split.
+
+    Raises:
+        DataError: the folder is not a finished run (names the missing file).
+    """
+    from mtl.config import build_config, load_yaml
+    from mtl.models.builder import load_model
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "tasks.json", "model.keras"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir}: not a finished run ({name} missing)")
+    tasks = [TaskSpec.from_dict(d) for d in json.loads((run_dir / "tasks.json").read_text())]
+    data = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").is_file() else {}
+    split = pd.read_csv(run_dir / "split.csv") if (run_dir / "split.csv").is_file() else None
+    return LoadedRun(run_dir, build_config(load_yaml(run_dir / "config.yaml")), tasks,
+                     load_model(run_dir / "model.keras"), data, split)
