@@ -5,15 +5,24 @@ Pure numpy / scipy, no TensorFlow. :func:`re_ranking` takes the same inputs and 
 same distance as the numpy implementation shipped with the paper and copied into torchreid
 and fast-reid (``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3)``),
 but where that one builds dense ``(Q+G)^2`` matrices (the distances, their full argsort, the
-encoding ``V`` and its query expansion: ~8.6 GB and ~100 s on Market-1501 here), this one
-keeps only what the algorithm uses:
+encoding ``V`` and its query expansion; about 7 GiB and 85 s at Market-1501 size on the
+benchmark machine, see ``bench/bench_rerank.py``), this one keeps only what the algorithm
+uses:
 
-* the ``k1 + 1`` nearest neighbours of every item (a partition of each row of distances,
-  one chunk of rows at a time, instead of a full argsort);
+* the ``k1 + 1`` nearest neighbours of every item. The distances are read once, by blocks
+  of rows of the input matrices (or computed by panels of rows from the embeddings, each
+  entry once thanks to the symmetry); every item keeps its ``k1 + 1`` best candidates, and
+  once it has them, a block is reduced by a single comparison with its current
+  ``(k1+1)``-th best distance. No row is ever sorted;
 * ``V`` as a scipy CSR matrix (each row holds the k-reciprocal expansion set, a few dozen
   items); the local query expansion is one sparse product;
 * the Jaccard distance only for query rows against gallery columns, through the inverted
-  index of ``V`` (sum of element-wise minima over the shared non-zero columns).
+  index of ``V`` (sum of element-wise minima over the shared non-zero columns), a chunk of
+  query rows at a time, written into the output.
+
+Extra memory is the ``(Q, G)`` float32 output plus O((Q+G) * k1 * k2) for the sparse
+structures and a few tens of MB of chunk buffers (and, for :func:`re_ranking_features`, a
+float32 copy of the embeddings and one panel of distances).
 
 Semantics reproduced from the reference implementation (so that its results are matched):
 
@@ -234,7 +243,7 @@ class _FeatureSource:
     computed panel by panel with one matrix product each, using the symmetry."""
 
     def __init__(self, q_feat, g_feat, metric):
-        x = np.concatenate([q_feat, g_feat], axis=0).astype(np.float32, copy=False)
+        x = np.concatenate([q_feat, g_feat], axis=0, dtype=np.float32)
         if metric == "cosine":
             norm = np.sqrt(np.einsum("ij,ij->i", x, x))
             x = x / np.maximum(norm, np.finfo(np.float32).tiny)[:, None]
