@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum number of epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="images per batch")
     p.add_argument("--out", help="run directory (default runs/<date>-<tasks>); rerun the same --out to resume")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="OUT",
+                   help="at the end, render the HTML report of the run (default reports/<run name>/index.html, "
+                        "or OUT: an .html file or a folder); same as running scripts/report.py on the run")
     return p
 
 
@@ -47,7 +50,14 @@ def main(argv=None) -> int:
     if summary["mean_accuracy"] is not None:
         ma = f"  mA {summary['mA']:.3f}" if summary["mA"] is not None else ""
         print(f"mean accuracy {summary['mean_accuracy']:.3f}{ma}")
-    print(f"run written to {out}  (report: python scripts/report.py {out})")
+    if args.report is None:
+        print(f"run written to {out}  (report: python scripts/report.py {out})")
+    else:
+        from mtl.report import render_report
+
+        print(f"run written to {out}", flush=True)
+        report = render_report(out, args.report or None, quiet=False)
+        print(f"report: {report}  (open file://{report.resolve()} in a browser)")
     return 0
 
 

@@ -15,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display, no GUI toolkit: reports render on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -27,11 +29,17 @@ BEST_COLOR = "#2ca02c"
 PREFERRED_METRICS = ("xent", "accuracy")
 
 
-def png_uri(fig) -> str:
-    """Encode ``fig`` as a PNG data URI and close it."""
+def png_uri(fig, tight: bool = False) -> str:
+    """Encode ``fig`` as a PNG data URI and close it.
+
+    Args:
+        fig: a matplotlib figure (already laid out with ``tight_layout``).
+        tight: crop to the drawn content (costs a second draw; for figures with colour bars or
+            rotated labels, where ``tight_layout`` leaves margins).
+    """
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=DPI)  # layout is tight_layout's: a tight bbox would draw twice
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None, pad_inches=0.05)
     finally:
         plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -156,7 +164,7 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> 
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return png_uri(fig)
+    return png_uri(fig, tight=True)
 
 
 def baseline_figure(overview: pd.DataFrame) -> str | None:
@@ -173,19 +181,27 @@ def baseline_figure(overview: pd.DataFrame) -> str | None:
     y = np.arange(n)
     palette = {"yes": "#2ca02c", "partly": "#e0a100", "no": "#d62728"}
     colors = [palette.get(v, "#7f7f7f") for v in df["verdict"]]
-    ax.barh(y, df["accuracy"], height=0.6, color=colors, alpha=0.85, label="accuracy")
-    ax.scatter(df["majority"], y, marker="|", s=260, color="black", linewidths=2, label="majority baseline", zorder=3)
-    for yi, acc in zip(y, df["accuracy"]):
-        ax.text(min(acc + 0.01, 0.93), yi, f"{100 * acc:.0f}%", va="center", fontsize=7)
+    ax.barh(y, df["accuracy"], height=0.6, color=colors, alpha=0.85)
+    ax.scatter(df["majority"], y, marker="|", s=260, color="black", linewidths=2, zorder=3)
+    for yi, acc, base in zip(y, df["accuracy"], df["majority"]):
+        # right of both the bar and the baseline tick, so that neither hides the number
+        right = max(acc, base) if np.isfinite(base) else acc
+        ax.text(min(right + 0.015, 0.93), yi, f"{100 * acc:.0f}%", va="center", fontsize=7)
     ax.set_yticks(y, df["task"], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("validation accuracy (green: above the baseline, amber: partly, red: not)", fontsize=8)
+    ax.set_xlabel("validation accuracy", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # hand-made entries: the bars' colour is the verdict, not "accuracy"
+    handles = [Patch(color=palette["yes"], alpha=0.85, label="accuracy, learned"),
+               Patch(color=palette["partly"], alpha=0.85, label="partly"),
+               Patch(color=palette["no"], alpha=0.85, label="not"),
+               Line2D([], [], color="black", marker="|", linestyle="none", markersize=12, markeredgewidth=2,
+                      label="majority baseline")]
+    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
-    return png_uri(fig)
+    return png_uri(fig, tight=True)
 
 
 def cmc_figure(curves: Mapping[str, Sequence[float]], max_rank: int = 50) -> str | None:
@@ -228,7 +244,8 @@ def trials_figure(trials: pd.DataFrame, objective: str, direction: str | None = 
     fig, ax = plt.subplots(figsize=(5.5, 2.8))
     ax.plot(x, values, "o", markersize=4, label=label or objective)
     ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color=BEST_COLOR, label="best so far")
-    ax.set_xlabel("trial", fontsize=9)
+    ax.set_xlabel("trial (in the order run)", fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(label or objective, fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
@@ -260,9 +277,10 @@ def comparison_curves(histories: Sequence[Sequence[Mapping]], names: Sequence[st
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # below the axes: inside, four entries hide the lines
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
-    return png_uri(fig)
+    return png_uri(fig, tight=True)
 
 
 def finite(value) -> bool:

@@ -95,16 +95,17 @@ def _reproduce(rf: RunFiles) -> list[tuple[str, str]]:
     the saved config (which pins every setting, including defaults that may change later)."""
     out = []
     if rf.command:
-        cmd = rf.command
-        first = cmd.split(" ", 1)[0]
-        if first.endswith(".py"):  # command.txt stores sys.argv: the interpreter is implicit
-            cmd = "python " + cmd
-        out.append(("as it was run", cmd))
+        out.append(("as it was run", python_command(rf.command)))
     if rf.config_text is not None:
         cfg = rf.path / "config.yaml"
         out.append(("from the saved config", shlex.join(["python", "scripts/train.py", "--config", str(cfg),
                                                           "--out", f"{rf.path}-again"])))
     return out
+
+
+def python_command(command: str) -> str:
+    """``command.txt`` stores ``sys.argv``, whose first word is the script: make it runnable."""
+    return "python " + command if command.split(" ", 1)[0].endswith(".py") else command
 
 
 def _image_roots(rf: RunFiles) -> list[Path]:
@@ -309,7 +310,7 @@ def _tuning_context(rf: RunFiles) -> dict:
     hps = best.get("hyperparameters") if isinstance(best.get("hyperparameters"), Mapping) else {}
     ctx: dict[str, Any] = {"info": tables.key_value_table(summary) if summary else None,
                            "best_hps": tables.key_value_table(hps) if hps else None,
-                           "command": info.get("command") if isinstance(info.get("command"), str) else None,
+                           "command": python_command(info["command"]) if isinstance(info.get("command"), str) else None,
                            "trials": None, "trials_figure": None, "best_config": rf.best_config_text}
     if rf.trials is not None:
         if column:

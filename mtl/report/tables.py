@@ -46,6 +46,7 @@ class Table:
     rows: list[list[Cell]] = field(default_factory=list)
     numeric: list[bool] = field(default_factory=list)
     caption: str = ""
+    kv: bool = False  # a key / value list: no header row, keys as row headers
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,6 +68,8 @@ def format_value(value, fmt: str) -> Cell:
         return Cell(f"{100 * float(value):.1f}%", float(value))
     if fmt == DELTA:
         v = float(value)
+        if abs(v) < 0.0005:  # shown as 0.0: never "-0.0", never tinted
+            return Cell("±0.0", v, "muted")
         css = "good" if v >= LEARNED_MARGIN else ("bad" if v < 0 else "muted")
         return Cell(f"{100 * v:+.1f}", v, css)
     if fmt == INTEGER:
@@ -113,7 +116,7 @@ def frame_table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, capt
 def key_value_table(items: Mapping[str, Any] | Iterable[tuple[str, Any]], caption: str = "") -> Table:
     """Two-column table of scalar values; nested values are shown compactly as text."""
     pairs = items.items() if isinstance(items, Mapping) else items
-    table = Table(headers=["", "value"], numeric=[False, False], caption=caption)
+    table = Table(headers=["", "value"], numeric=[False, False], caption=caption, kv=True)
     for key, value in pairs:
         if isinstance(value, float):
             cell = format_value(value, NUMBER)
@@ -166,15 +169,16 @@ VERDICT_CSS = {YES: "good", PARTLY: "warn", NO: "bad"}
 def overview_table(task_metrics: Mapping[str, dict]) -> Table:
     """``task_overview`` as a sortable table, the gain over the baseline and the verdict tinted."""
     df = task_overview(task_metrics)
-    shown = df[["task", "support", "accuracy", "majority", "gain", "macro_f1", "balanced_accuracy", "chance",
-                "verdict"]]
-    shown.columns = ["task", "support", "accuracy", "majority baseline", "gain (points)", "macro F1",
-                     "balanced acc.", "chance", "learned?"]
+    # the verdict and what it rests on first: on a phone the table scrolls sideways
+    shown = df[["task", "verdict", "accuracy", "majority", "gain", "macro_f1", "balanced_accuracy", "chance",
+                "support"]]
+    shown.columns = ["task", "learned?", "accuracy", "majority baseline", "gain (points)", "macro F1",
+                     "balanced acc.", "chance", "support"]
     table = frame_table(shown, {"support": INTEGER, "accuracy": PERCENT, "majority baseline": PERCENT,
                                 "gain (points)": DELTA, "macro F1": PERCENT, "balanced acc.": PERCENT,
                                 "chance": PERCENT})
     for row in table.rows:
-        row[-1].css = VERDICT_CSS.get(row[-1].text, "")
+        row[1].css = VERDICT_CSS.get(row[1].text, "")
     return table
 
 
@@ -333,8 +337,8 @@ def comparison_table(task_metrics: Sequence[Mapping[str, dict] | None], names: S
             acc = r.get("accuracy")
             delta = acc - first if acc is not None and first is not None else None
             cell = format_value(delta, DELTA)
-            if delta is not None:
-                cell.css = "good" if delta > 0 else ("bad" if delta < 0 else "muted")
+            if delta is not None and abs(delta) >= 0.0005:  # any visible difference is tinted
+                cell.css = "good" if delta > 0 else "bad"
             row.append(cell)
         table.rows.append(row)
     return table
