@@ -208,3 +208,14 @@ def test_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         evaluate_rank(**args)
+
+
+def test_reid_package_does_not_import_tensorflow():
+    import pathlib
+    import subprocess
+    import sys
+
+    code = "import sys, mtl.reid; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"

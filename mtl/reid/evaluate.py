@@ -137,7 +137,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     * the gallery is ranked by increasing distance. Ties are broken deterministically: equal
       distances are ordered by gallery index (a stable sort by distance). torchreid's default
       ``argsort`` has no defined order for ties, so on tied inputs the numbers can differ
-      from it; without ties they agree to rounding (about 1e-12);
+      from it; without ties they agree to rounding error (1e-7 on the CMC, which the
+      reference accumulates in float32);
     * AP (non-interpolated) is the mean, over the query's matches, of
       ``(matches so far) / rank`` at the rank of each match; mINP uses the inverse negative
       penalty ``INP = (number of matches) / (rank of the last match)``;
