@@ -21,22 +21,31 @@ Training / evaluation run directory (written by ``mtl.experiment.train``):
 ``val_predictions.csv`` (``path``, ``<task>_true``, ``<task>_pred``, ``<task>_conf``; a true
 label of ``-1`` is missing and skipped), ``split.csv``.
 
-Re-identification, in ``metrics.json``::
+Re-identification, ``metrics.json["reid"]``, in either of two shapes. Flat::
 
     "reid": {"mAP": 0.71, "mINP": 0.35, "rank1": 0.88, "rank5": 0.95, "rank10": 0.97,
              "cmc": [0.88, 0.92, ...],            # cmc[k-1] = rank-k accuracy, any length
              "reranked": {"mAP": ..., "mINP": ..., "rank1": ..., "rank5": ..., "rank10": ...,
-                          "cmc": [...]}}          # optional: same keys after re-ranking
+                          "cmc": [...]}}          # optional: the same after re-ranking
 
-Values are fractions in [0, 1]. Extra keys (e.g. ``num_query``, ``num_gallery``,
-``distance``) are shown as they are when they are numbers or short strings.
+or nested, as ``mtl.reid.protocol.evaluate_embeddings`` returns it::
+
+    "reid": {"distance": "cosine", "num_query": 750, "num_gallery": 19732,
+             "plain": {mAP, mINP, rank1, rank5, rank10, cmc}, "reranked": {...},
+             "attr_weighted": {...}, "chance": {...}, "notes": ["..."]}
+
+Every entry that is a dict holding at least one of mAP / mINP / rank1 / rank5 / rank10 is a
+ranking: one table row each (plain first, chance last and greyed), one CMC line each where it
+has ``cmc``. Values are fractions in [0, 1]. Other scalar entries (sizes, distance, notes) are
+listed as they are.
 
 Retrieval examples, ``reid_examples.json`` in the run directory (a list; the report shows at
 most ``MAX_QUERIES`` of them and the first ``MAX_GALLERY`` gallery items of each)::
 
     [{"query": "/data/market/query/0001_c1s1_001051_00.jpg",   # image path
       "query_camera": 1, "query_identity": 1,
-      "gallery": [                                             # ranking order, top 10
+      "gallery": [                     # distance order, the top 10 (items the protocol removes
+                                       # may be included where they fall: they take no rank)
           {"path": "...", "identity": 1, "camera": 2, "distance": 0.31,
            "match": true,                  # same identity (a correct retrieval)
            "same_camera_removed": false},  # same identity and camera: excluded by the protocol
@@ -47,11 +56,12 @@ Image paths (here and in ``val_predictions.csv``) are absolute, or relative to t
 directory, or relative to the data root of ``data.json``; an image that cannot be found is
 drawn as a grey placeholder. Only downscaled JPEG thumbnails are embedded.
 
-Tuning directory (detected by ``trials.csv`` or ``tuning.json``):
-``trials.csv`` (one row per trial, any columns; shown as a sortable table),
-``best_config.yaml`` (shown as text), ``tuning.json`` (a flat dict shown as key/value pairs;
-when it has ``"objective"`` naming a numeric column of ``trials.csv`` and optionally
-``"direction": "min" | "max"``, the trials are sorted by it and plotted).
+Tuning directory (detected by ``trials.csv`` or ``tuning.json``, as ``mtl.tuning`` writes
+them): ``trials.csv`` (one row per trial, any columns; a sortable table, best first),
+``best_config.yaml`` (shown, with the command that trains it), ``tuning.json`` (scalars shown
+as key / value pairs; ``"objective"`` is a column name or ``{"name", "direction"}`` with the
+value in a ``trials.csv`` column of that name or called ``objective``; ``"best":
+{"trial_id", "value", "hyperparameters"}``; ``"command"``).
 
 Study directory (detected by ``study.csv`` or ``study.json``): ``study.csv`` (one row per
 task set, any columns), ``study.json`` (flat dict as key/value pairs), and sub-directories
