@@ -107,10 +107,28 @@ def identity_labels(identities, spec: TaskSpec) -> np.ndarray:
     return lookup.reindex(np.asarray(identities, dtype=np.int64)).fillna(-1).to_numpy(np.int32)
 
 
-def identity_targets(identities, spec: TaskSpec, center_loss: bool = False) -> dict[str, np.ndarray]:
-    """Labels of every identity output: ``{spec.name, "embedding"[, "center"]: class index or -1}``."""
+def embedding_labels(identities, spec: TaskSpec) -> np.ndarray:
+    """Labels of the ``embedding`` output (the triplet loss only compares them for equality).
+
+    A training identity gets its class index; another known identity (``>= 0``, e.g. a validation
+    person) a code of its own above the class indices, so that the validation triplet loss
+    (``val_embedding_loss``) measures how well unseen people are separated; ``-1`` stays ``-1``.
+    """
+    identities = np.asarray(identities, dtype=np.int64)
     labels = identity_labels(identities, spec)
-    targets = {spec.name: labels, EMBEDDING: labels}
+    other = (labels < 0) & (identities >= 0)
+    if other.any():
+        _, codes = np.unique(identities[other], return_inverse=True)
+        labels = labels.copy()
+        labels[other] = spec.num_classes + codes.reshape(-1).astype(np.int32)
+    return labels
+
+
+def identity_targets(identities, spec: TaskSpec, center_loss: bool = False) -> dict[str, np.ndarray]:
+    """Labels of every identity output: the classifier (and ``center``) get the class index or -1
+    (``identity_labels``), ``embedding`` gets ``embedding_labels``."""
+    labels = identity_labels(identities, spec)
+    targets = {spec.name: labels, EMBEDDING: embedding_labels(identities, spec)}
     if center_loss:
         targets[CENTER] = labels
     return targets

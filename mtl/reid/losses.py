@@ -1,8 +1,9 @@
 """Losses of the identity task: identity cross-entropy, batch-hard triplet loss, centre loss.
 
-The identity head (:mod:`mtl.reid.heads`) has up to three outputs, each with its own loss; the
-labels of all three are the index of the image's identity among the *training* identities,
-``-1`` for an image whose identity is not a training class (validation and test people):
+The identity head (:mod:`mtl.reid.heads`) has up to three outputs, each with its own loss; their
+labels are the index of the image's identity among the *training* identities, ``-1`` for an image
+whose identity is not a training class (the ``embedding`` output's labels give validation people
+codes of their own, see ``mtl.reid.heads.embedding_labels``: the triplet loss only compares labels):
 
 * ``identity`` (softmax over training identities): masked sparse cross-entropy with label
   smoothing (:class:`mtl.losses.MaskedSparseCategoricalCrossentropy`, BoT uses 0.1);

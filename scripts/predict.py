@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Write the course deliverables of a Market-1501 course-layout folder with a trained run.
+
+  classification_test.csv  one row per test/ image (sorted): file_name, then the attribute columns
+                           in the order and coding of annotations_train.csv (1/2, age 1-4, one-hot
+                           1/2 colour columns plus upmulticolor / downmulticolor). Written when the
+                           run predicts Market attributes; attributes the run lacks have no column
+                           (the command lists them).
+  reid_test.txt            one line per queries/ image (sorted): "000123.jpg: 004567.jpg, ...", the
+                           test/ gallery ranked best first, --top images (default 100).
+
+Retrieval uses the run's identity embedding (BN-neck output), or the pooled trunk features of a
+run without the identity task. Features are extracted batch by batch with a progress bar: memory
+is the descriptors plus one batch, and the distances are computed a block of queries at a time
+(re-ranking, when asked, holds one queries x gallery matrix).
+
+Examples:
+    python scripts/predict.py --run runs/reid --data ../shared/data/market1501-course
+    python scripts/predict.py --run runs/joint --out deliverables/ --top 50 --rerank
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mtl.cli import run_main  # noqa: E402
+from mtl.errors import DataError  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory written by scripts/train.py")
+    p.add_argument("--data", help="course-layout folder with test/ and queries/ (default: the run's data folder)")
+    p.add_argument("--out", help="folder for the deliverable files (default: the run directory)")
+    p.add_argument("--top", type=int, default=100, help="gallery images listed per query (default 100)")
+    p.add_argument("--distance", default="cosine", choices=["cosine", "euclidean"],
+                   help="descriptor distance: cosine (default) or euclidean on the raw BN-neck output")
+    p.add_argument("--rerank", action="store_true",
+                   help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the whole test gallery")
+    p.add_argument("--batch-size", type=int, help="images per batch of feature extraction (default: the run's)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.top < 1:
+        raise DataError(f"--top must be >= 1, got {args.top}")
+    import numpy as np
+
+    from mtl.data.sources import load_source
+    from mtl.data.synthetic import ensure_synthetic
+    from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
+                                  rank_gallery, top_k_rows, write_classification_csv, write_reid_txt)
+    from mtl.experiment import load_run
+    from mtl.metrics import class_probabilities
+    from mtl.reid.embedding import embedding_layer_name, extract_features, feature_model
+
+    run = load_run(args.run)
+    cfg = run.config
+    if args.data:
+        root = Path(args.data)
+    elif run.data.get("embedded_default") or not cfg.data.path:
+        root = ensure_synthetic()
+    else:
+        root = Path(run.data.get("root") or cfg.data.path)
+    source = load_source(root, "market1501_course")
+    gallery = source.subset("test")
+    queries = source.subset("query")
+    if gallery.empty:
+        raise DataError(f"{root}: no test/ images to predict")
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w, batch = cfg.data.image_height, cfg.data.image_width, args.batch_size or cfg.train.batch_size
+    deliverable = set(SCALAR_COLUMNS) | set(COLOR_GROUPS)
+    attr_tasks = [t for t in run.tasks if t.name in deliverable]
+    layer = embedding_layer_name(run.model)
+    start = time.time()
+
+    print(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}", flush=True)
+    outputs = extract_features(feature_model(run.model, [layer] + [t.name for t in attr_tasks]), gallery["path"],
+                               h, w, batch, desc="test/ images")
+    if attr_tasks:
+        predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
+        frame = classification_frame(gallery["path"], predictions)
+        write_classification_csv(out / CLASSIFICATION_FILE, frame)
+        missing = sorted(deliverable - set(predictions))
+        note = f" (the run does not predict {', '.join(missing)}: no columns for them)" if missing else ""
+        print(f"written: {out / CLASSIFICATION_FILE} ({len(frame)} rows){note}", flush=True)
+    else:
+        print(f"the run predicts no Market attribute: {CLASSIFICATION_FILE} not written", flush=True)
+
+    if queries.empty:
+        print(f"{root}: no queries/ images: {REID_FILE} not written")
+        return 0
+    g_feat = outputs[layer].reshape(len(gallery), -1)
+    del outputs
+    q_feat = extract_features(feature_model(run.model, [layer]), queries["path"], h, w, batch,
+                              desc="queries/ images")[layer].reshape(len(queries), -1)
+    if args.rerank:
+        from mtl.reid.protocol import RERANK_PARAMS
+        from mtl.reid.rerank import re_ranking_features
+
+        print("re-ranking (k-reciprocal) ...", flush=True)
+        ranking = top_k_rows(re_ranking_features(q_feat, g_feat, metric=args.distance, **RERANK_PARAMS), args.top)
+    else:
+        ranking = rank_gallery(q_feat, g_feat, args.top, args.distance)
+    write_reid_txt(out / REID_FILE, queries["path"], gallery["path"], ranking)
+    print(f"written: {out / REID_FILE} ({len(queries)} queries x top {ranking.shape[1]}) "
+          f"in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
