@@ -484,6 +484,21 @@ def test_nested_reid_metrics_and_missing_examples(tmp_path, images):
     assert "re-id mAP" in text  # headline from the nested "plain" ranking
 
 
+def test_identity_task_gets_curves_but_no_class_tables(tmp_path, images):
+    run = write_fake_run(tmp_path / "ident", images, rows=30)
+    specs = json.loads((run / "tasks.json").read_text())
+    specs.append({"name": "identity", "kind": "identity", "classes": [str(i) for i in range(751)]})
+    (run / "tasks.json").write_text(json.dumps(specs))
+    history = json.loads((run / "history.json").read_text())
+    for e in history:
+        e |= {"identity_logits_loss": 6.0 / e["epoch"], "identity_embedding_loss": 0.3 / e["epoch"]}
+    (run / "history.json").write_text(json.dumps(history))
+    text = html_of(render_report(run, tmp_path / "r.html"))
+    assert "training curve: identity · logits_loss" in text and "training curve: identity · embedding_loss" in text
+    assert 'id="task-identity"' not in text  # no metrics, no predictions: no task section
+    assert "751" in text  # the tasks table counts its classes
+
+
 def test_report_without_reid_has_no_reid_section(tmp_path, images):
     run = write_fake_run(tmp_path / "noreid", images, rows=30)
     assert "reid" not in section_ids(html_of(render_report(run, tmp_path / "r.html")))
@@ -512,7 +527,7 @@ def test_report_size_does_not_grow_with_the_number_of_predictions(tmp_path, imag
     thumbs = [s for s in img_sources(text) if s.startswith("data:image/jpeg")]
     per_task = 4 * ex.PER_GROUP
     assert len(thumbs) <= len(TASKS) * per_task + ex.MAX_QUERIES * (1 + ex.MAX_GALLERY)
-    assert "first 10 of 300 queries" in text
+    assert "First 10 of 300 queries." in text
 
 
 def test_fewer_examples_on_request(tmp_path, fake_run):

@@ -27,6 +27,7 @@ BEST_COLOR = "#2ca02c"
 # Per-task metrics plotted from history.json, in this order; "loss" is the weighted batch
 # average and only shown when the exact per-epoch "xent" is absent.
 PREFERRED_METRICS = ("xent", "accuracy")
+MAX_LABELLED_CLASSES = 60  # confusion matrices with more classes get index ticks, not names
 
 
 def png_uri(fig, tight: bool = False) -> str:
@@ -150,9 +151,12 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> 
     size = min(2.2 + 0.42 * k, 14.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.92))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center",
-                  fontsize=8 if k <= 20 else 6)
-    ax.set_yticks(range(k), [f"{c} ({n})" for c, n in zip(classes, rows[:, 0])], fontsize=8 if k <= 20 else 6)
+    if k <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(k), [str(c) for c in classes], rotation=45 if k > 3 else 0,
+                      ha="right" if k > 3 else "center", fontsize=8 if k <= 20 else 6)
+        ax.set_yticks(range(k), [f"{c} ({n})" for c, n in zip(classes, rows[:, 0])], fontsize=8 if k <= 20 else 6)
+    else:  # names would overlap: class indices, the per-class table names them
+        title += f" (classes 0-{k - 1} in label order)"
     ax.set_xlabel("predicted", fontsize=9)
     ax.set_ylabel("true (labelled images)", fontsize=9)
     if k <= 25:  # beyond that the numbers overlap and the colours say enough
