@@ -479,7 +479,7 @@ def test_nested_reid_metrics_and_missing_examples(tmp_path, images):
     (run / "reid_examples.json").unlink()
     text = html_of(render_report(run, tmp_path / "r.html"))
     assert "reid" in section_ids(text)
-    assert "chance (random ranking)" in text and "20000" in text
+    assert "chance (random ranking)" in text and "20,000" in text
     assert "Ranked retrieval examples" not in text
     assert "re-id mAP" in text  # headline from the nested "plain" ranking
 
@@ -497,6 +497,30 @@ def test_identity_task_gets_curves_but_no_class_tables(tmp_path, images):
     assert "training curve: identity · logits_loss" in text and "training curve: identity · embedding_loss" in text
     assert 'id="task-identity"' not in text  # no metrics, no predictions: no task section
     assert "751" in text  # the tasks table counts its classes
+
+
+def test_evaluation_from_evaluate_py_is_shown(tmp_path, images):
+    run = write_fake_run(tmp_path / "evaluated", images, rows=40, reid=True, reid_shape="nested", queries=2)
+    metrics = json.loads((run / "metrics.json").read_text())
+    attrs = {k: v for k, v in metrics["tasks"].items()}
+    metrics["evaluation"] = {
+        "data": "/data/market", "format": "market1501", "images": "query/ against bounding_box_test/",
+        "settings": {"images": "auto", "distance": "cosine", "rerank": "auto", "attr_weight": None},
+        "reid": {"feature_layer": "embedding", "distance": "cosine", "num_query": 3368, "num_gallery": 15913,
+                 "plain": {"mAP": 0.777, "mINP": 0.3, "rank1": 0.9, "rank5": 0.95, "rank10": 0.97, "cmc": [0.9, 0.93]},
+                 "chance": {"mAP": 0.01}},
+        "attributes": {"tasks": attrs, "summary": summarize(attrs), "num_images": 19281}, "time_s": 60.2}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = html_of(render_report(run, tmp_path / "r.html"))
+    assert section_ids(text) == ["run", "glance", "curves", "attributes", "evaluation", "tasks", "reid"]
+    assert "Evaluation on 19,281 images" in text and "query/ against bounding_box_test/" in text
+    # both re-id results, the headline from the evaluation
+    assert "<h3>validation people, at the end of training</h3>" in text
+    assert "<h3>evaluation: query/ against bounding_box_test/</h3>" in text
+    assert re.search(r"<b>77\.7%</b><span>re-id mAP \(evaluation\)</span>", text)
+    other = write_fake_run(tmp_path / "other", images, rows=40)
+    cmp = html_of(render_comparison([run, other], tmp_path / "c.html"))
+    assert "77.7%" in cmp  # the comparison takes the evaluation's re-id numbers too
 
 
 def test_report_without_reid_has_no_reid_section(tmp_path, images):

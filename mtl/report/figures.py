@@ -222,10 +222,10 @@ def cmc_figure(curves: Mapping[str, Sequence[float]], max_rank: int = 50) -> str
     ax.set_xlim(0.5, max(len(c) for c in curves.values()) + 0.5)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_title("CMC", fontsize=10)
     fig.tight_layout()
-    return png_uri(fig)
+    return png_uri(fig, tight=True)
 
 
 def trials_figure(trials: pd.DataFrame, objective: str, direction: str | None = None,

@@ -149,6 +149,26 @@ def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return items
 
 
+def _evaluation_context(evaluation: Mapping[str, Any]) -> dict:
+    """What ``scripts/evaluate.py`` stored under ``metrics.json["evaluation"]``: where, which
+    images, the settings, and attribute metrics on those images."""
+    settings = evaluation.get("settings") if isinstance(evaluation.get("settings"), Mapping) else {}
+    items = [(label, evaluation.get(key)) for key, label in (("data", "data"), ("format", "format"),
+                                                             ("images", "images"), ("time_s", "seconds"))
+             if evaluation.get(key) is not None]
+    items += [(f"--{k.replace('_', '-')}", v) for k, v in settings.items() if v is not None]  # evaluate.py's flags
+    attributes = evaluation.get("attributes") if isinstance(evaluation.get("attributes"), Mapping) else {}
+    attr_tasks = {k: v for k, v in (attributes.get("tasks") or {}).items() if isinstance(v, Mapping)}
+    summary = attributes.get("summary") if isinstance(attributes.get("summary"), Mapping) else {}
+    return {"items": items, "num_images": attributes.get("num_images"),
+            "headline": [(label, summary.get(key)) for key, label in
+                         (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
+                          ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
+                         if figures.finite(summary.get(key))],
+            "overview": tables.overview_table(attr_tasks) if attr_tasks else None,
+            "binary": tables.binary_table(attr_tasks)}
+
+
 def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
                 max_queries: int = MAX_QUERIES) -> dict:
     """Everything the run template shows, from the files of one run directory.
@@ -196,8 +216,15 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
                        (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
                         ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
                        if figures.finite(summary.get(key))]
-    plain = tables.reid_ranking(reid, "plain")
-    ctx["headline"] += [(label, plain.get(key)) for key, label in (("mAP", "re-id mAP"), ("rank1", "re-id rank-1"))
+    # evaluate.py adds "evaluation": attribute and re-id metrics on other images (see its docstring)
+    evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), Mapping) else None
+    eval_reid = evaluation.get("reid") if evaluation and isinstance(evaluation.get("reid"), Mapping) else None
+    evaluation_label = f"evaluation: {evaluation.get('images', 'scripts/evaluate.py')}" if evaluation else ""
+    ctx["evaluation"] = _evaluation_context(evaluation) if evaluation else None
+    # the headline re-id numbers: the latest evaluation when there is one
+    plain = tables.reid_ranking(eval_reid or reid, "plain")
+    where = " (evaluation)" if eval_reid else ""
+    ctx["headline"] += [(label + where, plain.get(key)) for key, label in (("mAP", "re-id mAP"), ("rank1", "re-id rank-1"))
                         if figures.finite(plain.get(key))]
     _progress("report: tables and figures", quiet)
     if task_metrics:
@@ -263,14 +290,20 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
             ctx["task_sections"].append(section)
 
     # re-identification
+    # re-identification: at the end of training (validation people) and / or from evaluate.py
+    sources = [(label, short, r) for label, short, r in
+               (("validation people, at the end of training", "validation", reid),
+                (evaluation_label, "evaluation", eval_reid)) if r]
     ctx["reid"] = None
-    if reid or rf.reid_examples:
-        reid = reid or {}
-        variants = tables.reid_variants(reid)
-        curves = {label: v["cmc"] for label, v in variants if isinstance(v.get("cmc"), list)}
+    if sources or rf.reid_examples:
+        curves = {}
+        for _, short, r in sources:
+            for name, v in tables.reid_variants(r):
+                if isinstance(v.get("cmc"), list):
+                    curves[f"{short}: {name}" if len(sources) > 1 else name] = v["cmc"]
         ctx["reid"] = {
-            "table": tables.reid_table(reid) if variants else None,
-            "extras": tables.reid_extras(reid),
+            "sources": [{"label": label, "table": tables.reid_table(r) if tables.reid_variants(r) else None,
+                         "extras": tables.reid_extras(r)} for label, _, r in sources],
             "cmc": figures.cmc_figure(curves),
             "examples": retrieval_examples(rf.reid_examples or [], thumbs.uri, max_queries),
             "total_examples": len(rf.reid_examples or []),
@@ -434,7 +467,7 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
         m = rf.metrics or {}
         s = m.get("summary") if isinstance(m.get("summary"), Mapping) else {}
         tr = m.get("training") if isinstance(m.get("training"), Mapping) else {}
-        reid = tables.reid_ranking(m.get("reid"), "plain")
+        reid = tables.reid_ranking(_latest_reid(m), "plain")
         overview.append({"name": name, "path": str(rf.path), "tasks": ", ".join(t["name"] for t in _task_specs(rf)),
                          "trunk": (rf.model or {}).get("trunk") or (rf.config or {}).get("model", {}).get("trunk"),
                          "params": (rf.model or {}).get("params_total"),
@@ -457,11 +490,11 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
         if uri:
             curves.append({"title": key, "uri": uri})
     reid_rows = None
-    if any(isinstance((rf.metrics or {}).get("reid"), Mapping) for rf in runs):
+    if any(_latest_reid(rf.metrics or {}) for rf in runs):
         reid_rows = tables.Table(headers=["run", "mAP", "mINP", "rank-1", "rank-5", "rank-10", "re-ranked mAP",
                                           "re-ranked rank-1"], numeric=[False] + [True] * 7)
         for name, rf in zip(names, runs):
-            reid = (rf.metrics or {}).get("reid")
+            reid = _latest_reid(rf.metrics or {})
             plain, rr = tables.reid_ranking(reid, "plain"), tables.reid_ranking(reid, "reranked")
             reid_rows.rows.append([tables.Cell(name, name)] +
                                   [tables.format_value(tables._nan(plain.get(k)), tables.PERCENT) for k in tables.REID_KEYS] +
@@ -476,6 +509,15 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
     _write("compare.html.j2", context, target)
     _progress(f"report: wrote {target} ({target.stat().st_size / 1e6:.2f} MB)", quiet)
     return target
+
+
+def _latest_reid(metrics: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Re-id metrics of a run: those of its evaluation (``scripts/evaluate.py``) if any, else training's."""
+    evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), Mapping) else {}
+    for candidate in (evaluation.get("reid"), metrics.get("reid")):
+        if isinstance(candidate, Mapping):
+            return candidate
+    return None
 
 
 def _unique_names(runs: Sequence[RunFiles]) -> list[str]:

@@ -120,6 +120,8 @@ def key_value_table(items: Mapping[str, Any] | Iterable[tuple[str, Any]], captio
     for key, value in pairs:
         if isinstance(value, float):
             cell = format_value(value, NUMBER)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            cell = format_value(value, INTEGER)
         elif isinstance(value, (list, tuple, dict)):
             text = str(value)
             cell = Cell(text if len(text) <= 120 else text[:117] + "...")
