@@ -21,6 +21,11 @@ Training / evaluation run directory (written by ``mtl.experiment.train``):
 ``val_predictions.csv`` (``path``, ``<task>_true``, ``<task>_pred``, ``<task>_conf``; a true
 label of ``-1`` is missing and skipped), ``split.csv``.
 
+Evaluation on other images, ``metrics.json["evaluation"]`` (``scripts/evaluate.py``):
+``{"data", "format", "images", "settings": {...}, "time_s", "attributes": {"tasks", "summary",
+"num_images"}, "reid": {...}}``; its attribute metrics get their own section, its ``reid`` is
+shown beside the training one (and is the one in the headline and in comparisons).
+
 Re-identification, ``metrics.json["reid"]``, in either of two shapes. Flat::
 
     "reid": {"mAP": 0.71, "mINP": 0.35, "rank1": 0.88, "rank5": 0.95, "rank10": 0.97,
