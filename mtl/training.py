@@ -211,6 +211,18 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
                 self.model.save_weights(str(tmp))
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore (weights, optimizer state and epoch after every epoch), but each
+    file is replaced atomically: a kill in the middle of a save leaves the previous backup intact
+    instead of a truncated HDF5 file that makes the rerun fail."""
+
+    def _save_model(self):
+        with atomic_path(self._weights_path) as tmp:
+            self.model.save_weights(str(tmp), overwrite=True)
+        atomic_write_json(self._training_metadata_path,
+                          {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
 def fit_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
@@ -229,8 +241,7 @@ def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: i
     ]
     if resume:
         # saves weights, optimizer and epoch each epoch; a rerun continues from there
-        callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
-                                                          delete_checkpoint=False))
+        callbacks.append(AtomicBackupAndRestore(str(run_dir / "checkpoints" / "backup"), delete_checkpoint=False))
     return callbacks
 
 
