@@ -327,6 +327,15 @@ class LoadedRun:
     data: dict  # data.json
     split: pd.DataFrame | None  # split.csv (path, identity, camera, split)
 
+    def data_root(self) -> Path:
+        """The folder the run was trained on (the embedded default is regenerated if it is gone)."""
+        root = self.data.get("root") or self.config.data.path
+        if root and Path(root).is_dir():
+            return Path(root)
+        if self.data.get("embedded_default") or not self.config.data.path:
+            return ensure_synthetic()
+        raise DataError(f"{self.run_dir}: the run's data folder {root} is gone; give --data")
+
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Read a finished run: resolved config, task specs, trained model, data description and split.

@@ -76,7 +76,6 @@ def _line(name: str, m: dict) -> str:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from mtl.data.sources import load_source
-    from mtl.data.synthetic import ensure_synthetic
     from mtl.experiment import load_run
     from mtl.io import atomic_write_json
     from mtl.reid.protocol import evaluate_labelled, evaluation_images
@@ -85,12 +84,7 @@ def main(argv=None) -> int:
     print(f"loading run {run_dir}", flush=True)
     run = load_run(run_dir)
     cfg = run.config
-    if args.data:
-        root = Path(args.data)
-    elif run.data.get("embedded_default") or not cfg.data.path:
-        root = ensure_synthetic()
-    else:
-        root = Path(run.data.get("root") or cfg.data.path)
+    root = Path(args.data) if args.data else run.data_root()
     source = load_source(root, args.format, rare_threshold=cfg.data.rare_threshold)
     seed = cfg.data.split_seed if args.seed is None else args.seed
     query, gallery, what = evaluation_images(source, run.split, run.data.get("root"), args.images, seed)

@@ -53,7 +53,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     from mtl.data.sources import load_source
-    from mtl.data.synthetic import ensure_synthetic
     from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
                                   rank_gallery, top_k_rows, write_classification_csv, write_reid_txt)
     from mtl.experiment import load_run
@@ -62,12 +61,7 @@ def main(argv=None) -> int:
 
     run = load_run(args.run)
     cfg = run.config
-    if args.data:
-        root = Path(args.data)
-    elif run.data.get("embedded_default") or not cfg.data.path:
-        root = ensure_synthetic()
-    else:
-        root = Path(run.data.get("root") or cfg.data.path)
+    root = Path(args.data) if args.data else run.data_root()
     source = load_source(root, "market1501_course")
     gallery = source.subset("test")
     queries = source.subset("query")

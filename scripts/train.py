@@ -50,6 +50,11 @@ def main(argv=None) -> int:
     if summary["mean_accuracy"] is not None:
         ma = f"  mA {summary['mA']:.3f}" if summary["mA"] is not None else ""
         print(f"mean accuracy {summary['mean_accuracy']:.3f}{ma}")
+    reid = metrics.get("reid", {})
+    if "plain" in reid:
+        reranked = f", re-ranked mAP {reid['reranked']['mAP']:.3f}" if "reranked" in reid else ""
+        print(f"re-identification on the validation people: mAP {reid['plain']['mAP']:.3f}  "
+              f"rank-1 {reid['plain']['rank1']:.3f}{reranked}  (random ranking: mAP {reid['chance']['mAP']:.3f})")
     if args.report is None:
         print(f"run written to {out}  (report: python scripts/report.py {out})")
     else:
