@@ -1,0 +1,94 @@
+"""The identity task in the training pipeline: task made from the training split, labels, P x K
+datasets, a short run with the centre loss and the soft margin."""
+
+import json
+import math
+import tracemalloc
+
+import keras
+import numpy as np
+import pytest
+
+from fixtures_images import write_jpeg
+from mtl.config import build_config
+from mtl.errors import ConfigError
+from mtl.experiment import datasets, prepare_data, train, uses_pk_sampler
+from mtl.reid.embedding import extract_features
+
+
+def _cfg(root, **sections):
+    layers = {"tasks": "identity", "data": {"path": str(root), "image_height": 32, "image_width": 16},
+              "model": {"width": 0.25, "embedding_dim": 16}, "train": {"batch_size": 16}}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            layers.setdefault(key, {}).update(value)
+        else:
+            layers[key] = value
+    return build_config(layers)
+
+
+def test_identity_task_classes_are_the_training_people(synthetic_root):
+    data = prepare_data(_cfg(synthetic_root, data={"val_identities": 5}))
+    assert [t.name for t in data.tasks] == ["identity"]
+    spec = data.tasks[0]
+    assert data.val["identity"].nunique() == 5
+    assert sorted(int(c) for c in spec.classes) == sorted(data.train["identity"].unique())
+    # the same people are held out with and without attribute tasks (stratified on all attributes)
+    joint = prepare_data(_cfg(synthetic_root, tasks="identity,all", data={"val_identities": 5}))
+    assert set(joint.val["identity"]) == set(data.val["identity"])
+    assert [t.name for t in joint.tasks][-1] == "identity" and len(joint.tasks) == 13
+    with pytest.raises(ConfigError, match="val_identities"):
+        prepare_data(_cfg(synthetic_root, data={"val_identities": 24}))
+
+
+def test_datasets_give_p_by_k_batches_and_labels_for_every_output(synthetic_root):
+    cfg = _cfg(synthetic_root, tasks="identity,hat", train={"k_images": 4, "center_loss": 1e-3})
+    data = prepare_data(cfg)
+    assert uses_pk_sampler(cfg, data.tasks)
+    train_ds, val_ds = datasets(cfg, data)
+    images, labels = next(iter(train_ds))
+    assert images.shape == (16, 32, 16, 3)
+    assert set(labels) == {"hat", "identity", "embedding", "center"}
+    ids = labels["identity"].numpy()
+    assert (ids >= 0).all() and sorted(np.unique(ids, return_counts=True)[1]) == [4, 4, 4, 4]
+    np.testing.assert_array_equal(labels["embedding"].numpy(), ids)
+    # validation people are not classes: -1 for the classifier, codes of their own for the triplet loss
+    val_labels = np.concatenate([y["identity"].numpy() for _, y in val_ds])
+    val_codes = np.concatenate([y["embedding"].numpy() for _, y in val_ds])
+    assert (val_labels == -1).all() and (val_codes >= data.tasks[-1].num_classes).all()
+    assert len(np.unique(val_codes)) == data.val["identity"].nunique()
+    random_cfg = _cfg(synthetic_root, train={"sampler": "random"})
+    assert not uses_pk_sampler(random_cfg, data.tasks)
+    with pytest.raises(ConfigError, match="identity task"):
+        uses_pk_sampler(_cfg(synthetic_root, train={"sampler": "pk"}), data.tasks[:1])
+
+
+@pytest.mark.slow
+def test_short_run_with_centre_loss_and_soft_margin(synthetic_root, tmp_path):
+    cfg = _cfg(synthetic_root, tasks="identity,gender",
+               train={"epochs": 1, "steps_per_epoch": 3, "center_loss": 5e-4, "triplet_margin": None})
+    metrics = train(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert {"embedding_loss", "center_loss", "identity_loss", "val_embedding_loss"} <= set(history[0])
+    assert history[0]["val_embedding_loss"] > 0  # held-out people have positives in validation batches
+    assert set(metrics["reid"]) >= {"plain", "chance", "feature_layer"}
+    assert metrics["reid"]["plain"]["num_queries"] > 0
+
+
+def test_extraction_memory_is_the_outputs_plus_one_batch(tmp_path):
+    # 600 images, 512-d outputs: 1.2 MB of descriptors. Collecting per-batch arrays and concatenating
+    # them would peak at twice that.
+    paths = [str(write_jpeg(tmp_path / f"{i}.jpg", size=(16, 32), color=(i % 256, 50, 90))) for i in range(600)]
+    inputs = keras.Input((32, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(512)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    extract_features(model, paths[:40], 32, 16, batch_size=20)  # warm up (traces the predict function)
+    tracemalloc.start()
+    out = extract_features(model, paths, 32, 16, batch_size=20)["output"]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert out.shape == (600, 512)
+    descriptors = out.nbytes
+    batch = 20 * 512 * 4 + 20 * 32 * 16 * 3 * 4
+    # measured: about one batch above the descriptors (a list + concatenate peaks near 2x descriptors)
+    assert peak < descriptors + 2 * batch + 128 * 1024, (peak, descriptors)
+    assert math.isfinite(float(out.sum()))
