@@ -128,6 +128,37 @@ def test_predict_writes_the_course_deliverables(trained_run, tmp_path):
     assert set().union(*ranked.values()) <= set(test_names)
 
 
+@pytest.mark.slow
+def test_evaluate_on_the_original_layout_uses_query_and_bounding_box_test(trained_run, tmp_path):
+    """The run's validation people written in the original Market-1501 layout, plus distractors
+    (identity 0, kept in the gallery) and junk boxes (identity -1, dropped)."""
+    import shutil
+
+    split = pd.read_csv(trained_run / "split.csv")
+    val = split[split["split"] == "val"].reset_index(drop=True)
+    root = tmp_path / "Market-1501"
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        (root / folder).mkdir(parents=True)
+    first = val.groupby(["identity", "camera"]).head(1).index
+    for i, row in val.iterrows():
+        name = f"{row.identity:04d}_c{row.camera}s1_{i:06d}_01.jpg"
+        shutil.copy(row.path, root / ("query" if i in first else "bounding_box_test") / name)
+    trained = split[split["split"] == "train"].reset_index(drop=True)
+    for i, row in trained.head(6).iterrows():
+        shutil.copy(row.path, root / "bounding_box_test" / f"0000_c{row.camera}s1_{i:06d}_02.jpg")
+        shutil.copy(row.path, root / "bounding_box_test" / f"-1_c{row.camera}s1_{i:06d}_03.jpg")
+        shutil.copy(row.path, root / "bounding_box_train" / f"{row.identity:04d}_c{row.camera}s1_{i:06d}_01.jpg")
+    result = run_script("evaluate.py", "--run", trained_run, "--data", root, "--out", tmp_path / "eval.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["format"] == "market1501"
+    reid = evaluation["reid"]
+    assert reid["num_query"] == len(first) and reid["num_gallery"] == len(val) - len(first) + 6
+    assert reid["plain"]["mAP"] > 2 * reid["chance"]["mAP"]
+    with_images = run_script("evaluate.py", "--run", trained_run, "--data", root, "--images", "val")
+    assert with_images.returncode == 2 and "bounding_box_test" in with_images.stderr
+
+
 def test_help_documents_every_flag():
     for script, flags in (("evaluate.py", ["--run", "--data", "--format", "--images", "--distance", "--rerank",
                                            "--attr-weight", "--attr-alpha", "--seed", "--batch-size",
