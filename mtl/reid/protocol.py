@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mtl.data.splits import query_gallery_split
-from mtl.errors import ConfigError, DataError
+from mtl.errors import ConfigError, DataError, MtlError
 from mtl.metrics import class_probabilities, evaluate_task, summarize
 from mtl.reid.distance import (attribute_distance, combine_multiplicative, combine_weighted, cosine_distance,
                                euclidean_distance)
@@ -292,5 +292,7 @@ def evaluate_holdout(model, table: pd.DataFrame, height: int, width: int, batch_
     try:
         return evaluate_labelled(model, [], query, gallery, height, width, batch_size, distance, rerank,
                                  attributes=False)["reid"]
-    except ValueError as exc:  # e.g. every match removed by the same-camera rule
+    except MtlError:
+        raise
+    except ValueError as exc:  # evaluate_rank: no query has a match left after the same-camera rule
         return {"skipped": str(exc)}
