@@ -170,7 +170,7 @@ class MaskedLossLogger(keras.callbacks.Callback):
             return
         for prefix in ("", "val_"):
             keys = [(f"{prefix}{t}_xent", w) for t, w in self.weights.items()]
-            if all(k in logs for k, _ in keys):
+            if keys and all(k in logs for k, _ in keys):  # identity-only runs have no masked loss
                 logs[f"{prefix}masked_loss"] = float(sum(w * float(logs[k]) for k, w in keys))
 
 

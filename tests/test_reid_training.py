@@ -92,3 +92,15 @@ def test_extraction_memory_is_the_outputs_plus_one_batch(tmp_path):
     # measured: about one batch above the descriptors (a list + concatenate peaks near 2x descriptors)
     assert peak < descriptors + 2 * batch + 128 * 1024, (peak, descriptors)
     assert math.isfinite(float(out.sum()))
+
+
+def test_identity_only_runs_log_no_masked_loss():
+    # with no attribute task there is no masked attribute loss; a 0 would make epoch 1 look best
+    from mtl.training import MaskedLossLogger
+
+    logs = {"loss": 3.0, "val_loss": 2.0, "identity_xent": 1.0}
+    MaskedLossLogger({}).on_epoch_end(0, logs)
+    assert "masked_loss" not in logs and "val_masked_loss" not in logs
+    logs = {"hat_xent": 0.5, "val_hat_xent": 0.25}
+    MaskedLossLogger({"hat": 2.0}).on_epoch_end(0, logs)
+    assert logs["masked_loss"] == 1.0 and logs["val_masked_loss"] == 0.5
