@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Search task heads, loss weights and optimiser settings with keras-tuner.
+
+Every trial builds its model with the same builder and recipe as scripts/train.py. The output
+folder gets trials.csv (one row per trial: hyperparameters, objective, seconds), best_config.yaml
+(train it with `python scripts/train.py --config OUT/best_config.yaml`), tuning.json (summary)
+and keras-tuner's own state in OUT/tuner/.
+
+Objectives (--objective): a validation metric keras logs, named in full (val_age_accuracy) or
+short (age.accuracy, age.xent, masked_loss, loss); a mean of several (age.accuracy,gender.accuracy
+or mean(age.accuracy,gender.accuracy)); or a metric computed after each trial: mA (binary
+attributes), <task>.f1 (macro F1), mean_accuracy, mean_macro_f1, reid_mAP (identity task).
+The direction is inferred: losses are minimised, everything else maximised.
+
+Search space: see docs/tuning.md; a `tune.space` section of the --config YAML narrows or fixes it
+(example: configs/tune_market.yaml).
+
+Distributed: set KERASTUNER_TUNER_ID (chief / worker0 / worker1 ...), KERASTUNER_ORACLE_IP and
+KERASTUNER_ORACLE_PORT and run the same command in every process (docs/tuning.md).
+
+Examples:
+    python scripts/tune.py --tasks age,gender --max-trials 4 --objective age.accuracy --out runs/tune-demo
+    python scripts/tune.py --config configs/tune_market.yaml --data ../shared/data/market1501-course \\
+        --tuner bayesian --max-trials 6 --objective mA --out runs/tune-market
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mtl.cli import add_common_args, config_from_args, run_main  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"],
+                   help="search strategy (default: tune.tuner of the config, bayesian)")
+    p.add_argument("--max-trials", type=int,
+                   help="total number of trials, those of a resumed search included (default: tune.max_trials, 10)")
+    p.add_argument("--objective",
+                   help="what to optimise, e.g. age.accuracy, 'age.accuracy,gender.accuracy', mA, reid_mAP "
+                        "(default: tune.objective, masked_loss)")
+    p.add_argument("--epochs", type=int, help="maximum epochs of one trial (early stopping may end it sooner)")
+    p.add_argument("--patience", type=int,
+                   help="early-stopping patience inside a trial (default: tune.patience, else the training rule)")
+    p.add_argument("--out", required=True, help="output folder of the search")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the search already in --out (an error if its settings changed)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="delete the search already in --out and start again")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cfg = config_from_args(args, {"train": {"epochs": args.epochs},
+                                  "tune": {"tuner": args.tuner, "max_trials": args.max_trials,
+                                           "objective": args.objective, "patience": args.patience}})
+    from mtl.tuning import run_search
+
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["scripts/tune.py", *argv])
+    summary = run_search(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command)
+    if summary.get("role") == "worker":
+        print(f"worker done: ran {summary['trials_run']} trial(s)")
+        return 0
+    best = summary["best"]
+    print(f"{summary['completed']} of {summary['trials']} trial(s) completed; best trial {best['trial_id']}: "
+          f"{summary['objective']['name']} = {best['value']:.4f}")
+    for name, value in best["hyperparameters"].items():
+        print(f"  {name} = {value}")
+    out = Path(args.out)
+    print(f"trials table: {out / 'trials.csv'}\nbest config:  {out / 'best_config.yaml'}  "
+          f"(python scripts/train.py --config {out / 'best_config.yaml'})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
