@@ -664,8 +664,9 @@ def retrieval_metrics(embeddings: np.ndarray, table: pd.DataFrame, seed: int = 0
 
     indexed = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
     query, gallery = query_gallery_split(indexed, seed)
-    if not len(query):
-        raise keras_tuner.errors.FailedTrialError("no validation identity is seen by two cameras: no re-id query")
+    if not len(query) or not len(gallery) or gallery["identity"].nunique() < 2:
+        raise keras_tuner.errors.FailedTrialError(
+            "re-identification needs validation identities seen by two cameras and a gallery of several identities")
     emb = np.asarray(embeddings, np.float32)
     dist = cosine_distance(emb[query["_row"].to_numpy()], emb[gallery["_row"].to_numpy()])
     result = evaluate_rank(dist, query["identity"].to_numpy(), gallery["identity"].to_numpy(),
@@ -924,22 +925,21 @@ _FIRST_COLUMNS = ("trial_id", "status", "objective", "trial_seconds", "epochs_ru
 
 def trials_table(oracle, objective: Objective) -> pd.DataFrame:
     """One row per trial: id, status, objective value, seconds, epochs, hyperparameters, metrics."""
-    rows = []
+    rows, hp_columns, metric_columns = [], [], []
     for trial_id in sorted(oracle.trials):
         trial = oracle.trials[trial_id]
-        row: dict = {"trial_id": trial_id, "status": str(trial.status)}
         metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
-        row["objective"] = metrics.get(objective.name)
-        row.update({k: metrics.get(k) for k in ("trial_seconds", "epochs_run", "best_epoch")})
-        row.update(hp_values(trial.hyperparameters))
-        row.update({k: v for k, v in sorted(metrics.items()) if k not in row and k != objective.name})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if not len(frame):
-        return pd.DataFrame(columns=list(_FIRST_COLUMNS))
+        values = hp_values(trial.hyperparameters)
+        hp_columns += [k for k in values if k not in hp_columns]
+        metric_columns += [k for k in metrics if k not in metric_columns]
+        rows.append({"trial_id": trial_id, "status": str(trial.status), "objective": metrics.get(objective.name),
+                     **values, **metrics})
+    order = [h.name for h in oracle.get_space().space]  # the search space's own order
+    hp_columns.sort(key=lambda c: (order.index(c) if c in order else len(order), c))
+    others = sorted(c for c in metric_columns if c not in _FIRST_COLUMNS and c != objective.name)
+    frame = pd.DataFrame(rows, columns=[*_FIRST_COLUMNS, *hp_columns, *others])
     for col in ("epochs_run", "best_epoch"):
-        if col in frame:
-            frame[col] = frame[col].astype("Int64")
+        frame[col] = frame[col].astype("Int64")
     return frame
 
 
