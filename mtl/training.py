@@ -168,10 +168,25 @@ class MaskedLossLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        self._name_single_output_metrics(logs)
         for prefix in ("", "val_"):
             keys = [(f"{prefix}{t}_xent", w) for t, w in self.weights.items()]
             if keys and all(k in logs for k, _ in keys):  # identity-only runs have no masked loss
                 logs[f"{prefix}masked_loss"] = float(sum(w * float(logs[k]) for k, w in keys))
+
+
+    def _name_single_output_metrics(self, logs):
+        """Keras names the metrics of a one-output model without the output's name (``val_xent``,
+        not ``val_age_xent``); add the task-prefixed names, so that the logs (masked loss, early
+        stopping, history, tuning objectives) read the same whatever the number of tasks."""
+        names = list(getattr(self.model, "output_names", None) or []) if self.model is not None else []
+        if len(names) != 1:
+            return
+        task = names[0]
+        for key in list(logs):
+            prefix, bare = ("val_", key[4:]) if key.startswith("val_") else ("", key)
+            if bare not in ("loss", "masked_loss") and not bare.startswith(f"{task}_"):
+                logs.setdefault(f"{prefix}{task}_{bare}", logs[key])
 
 
 class HistoryWriter(keras.callbacks.Callback):
