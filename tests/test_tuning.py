@@ -312,3 +312,15 @@ def test_distributed_search_one_chief_two_workers(tmp_path, synthetic_root):
     assert len(table) == 4 and set(table["status"]) == {"COMPLETED"} and table["objective"].notna().all()
     assert (out / "best_config.yaml").is_file()
     assert (out / "tuner" / "tuner_worker0.json").is_file() and (out / "tuner" / "tuner_worker1.json").is_file()
+
+
+def test_tune_help_documents_every_flag(capsys):
+    from scripts.tune import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--tuner", "--max-trials", "--objective", "--epochs", "--patience", "--out", "--resume", "--overwrite",
+                 "--data", "--tasks", "--config", "--set", "KERASTUNER_TUNER_ID", "mA", "reid_mAP"):
+        assert flag in text
