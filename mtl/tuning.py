@@ -91,14 +91,14 @@ def search_space(hp: keras_tuner.HyperParameters, tasks: Sequence[TaskSpec],
     with p.only_if("model.head", "private"):
         # private hidden widths are multiples of each task's class count
         model["private_multipliers"] = p.units("model.private_multipliers", [[8, 4], [16, 8], [32, 16]])
-    model["dropout"] = p.number("model.dropout", 0.0, 0.5, step=0.1)
+    model["dropout"] = p.number("model.dropout", 0.0, 0.5, step=0.1, default=0.3)
     model["width"] = p.number("model.width", tuned=False)  # trunk width: tuned only when the space names it
     train["optimizer"] = p.choice("train.optimizer", list(OPTIMIZERS))
-    train["learning_rate"] = p.number("train.learning_rate", 1e-4, 3e-3, sampling="log")
+    train["learning_rate"] = p.number("train.learning_rate", 1e-4, 3e-3, sampling="log", default=1e-3)
     attributes = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
     if len(attributes) > 1:  # with one task a loss weight only rescales the learning rate
         train["loss_weights"] = {name: p.number(f"train.loss_weights.{name}", 0.25, 4.0, sampling="log",
-                                                fallback="train.loss_weights")
+                                                default=1.0, fallback="train.loss_weights")
                                  for name in attributes}
     p.check_all_used()
     return _drop_none({"model": model, "train": train})
@@ -154,9 +154,11 @@ class SpaceReader:
         return None if value is None else [int(v) for v in str(value).split(",")]
 
     def number(self, name: str, low: float | None = None, high: float | None = None, step: float | None = None,
-               sampling: str = "linear", tuned: bool = True, fallback: str | None = None):
+               sampling: str = "linear", tuned: bool = True, fallback: str | None = None,
+               default: float | None = None):
         """A float parameter: a range by default, ``tuned=False`` keeps the config value unless the
-        space names it; ``fallback`` is a broader key that applies when ``name`` is absent."""
+        space names it; ``fallback`` is a broader key that applies when ``name`` is absent;
+        ``default`` is the value keras-tuner starts from where it needs one (when in the range)."""
         spec = self._spec(name)
         if spec is _UNSET and fallback:
             spec = self._spec(fallback)
@@ -164,7 +166,7 @@ class SpaceReader:
             if not tuned:
                 return None
             spec = {"min": low, "max": high, "step": step, "sampling": sampling}
-        return _round(self._declare(name, spec, kind="float"))
+        return _round(self._declare(name, spec, kind="float", default=default))
 
     @contextlib.contextmanager
     def only_if(self, parent: str, value):
@@ -203,7 +205,7 @@ class SpaceReader:
             return self.space[name]
         return _UNSET
 
-    def _declare(self, name, spec, kind, allowed=None):
+    def _declare(self, name, spec, kind, allowed=None, default=None):
         if self.disabled:
             return None
         if isinstance(spec, Mapping):
@@ -239,8 +241,9 @@ class SpaceReader:
             step = spec.get("step")
             if float(low) == float(high):
                 return self.hp.Fixed(name, float(low))
+            inside = default is not None and float(low) <= default <= float(high)
             return self.hp.Float(name, float(low), float(high), step=float(step) if step else None,
-                                 sampling=sampling)
+                                 sampling=sampling, default=default if inside else None)
         value = _as_float(spec, name) if kind == "float" else spec
         _check_values(name, [value], allowed)
         return self.hp.Fixed(name, value)
@@ -1016,6 +1019,8 @@ def run_search(cfg: Config, out: str | Path, resume: bool = False, overwrite: bo
     hypermodel = MtlHyperModel(cfg, data, objective, trial_patience(cfg),
                                verbose=fit_verbosity() if verbose is None else verbose)
     if role == "worker":
+        if resume or overwrite:
+            print("worker: --resume / --overwrite are the chief's to apply; ignored here", flush=True)
         tuner = make_tuner(cfg.tune.tuner, hypermodel, objective, out, cfg.tune.max_trials, cfg.train.epochs,
                            seed=cfg.train.seed, overwrite=False)
         print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at "
