@@ -570,7 +570,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
             epoch, post-trial metrics (mean accuracy / macro F1, mA, re-identification mAP),
             ``epochs_run``, ``best_epoch`` and ``trial_seconds``.
         """
-        from mtl.experiment import evaluate_model, monitor_for
+        from mtl.experiment import evaluate_model, monitor_for, uses_pk_sampler
         from mtl.training import MaskedLossLogger, attribute_loss_weights
 
         start = time.time()
@@ -587,6 +587,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
         freeze = min(cfg.train.freeze_trunk_epochs, epochs)
         phases = [(initial_epoch, max(initial_epoch, freeze), False), (max(initial_epoch, freeze), epochs, True)]
         compiled_trainable = not cfg.train.freeze_trunk_epochs
+        fixed_steps = bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg, self.tasks)  # P x K: infinite
         for first, last, trainable in phases:
             if last <= first:
                 continue
@@ -596,7 +597,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
-                          steps_per_epoch=self.steps if cfg.train.steps_per_epoch else None, shuffle=False,
+                          steps_per_epoch=self.steps if fixed_steps else None, shuffle=False,
                           callbacks=own + tuner_callbacks, verbose=self.verbose if verbose is None else verbose)
             if model.stop_training:
                 break
@@ -649,42 +650,16 @@ def post_trial_metrics(metrics: Mapping) -> dict:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-def retrieval_metrics(embeddings: np.ndarray, table: pd.DataFrame, seed: int = 0) -> dict:
-    """Re-identification mAP / rank-1 of embeddings of held-out identities: one query per identity
-    and camera (Market-1501 convention), the rest as gallery, cosine distance.
-
-    Args:
-        embeddings: ``(N, D)`` features of ``table``'s rows, in order.
-        table: rows with ``identity`` and ``camera``.
-        seed: picks the query image of each identity and camera.
-
-    Returns:
-        ``{"reid_mAP": float, "reid_rank1": float}``.
-    """
-    from mtl.data.splits import query_gallery_split
-    from mtl.reid.distance import cosine_distance
-    from mtl.reid.evaluate import evaluate_rank
-
-    indexed = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
-    query, gallery = query_gallery_split(indexed, seed)
-    if not len(query) or not len(gallery) or gallery["identity"].nunique() < 2:
-        raise keras_tuner.errors.FailedTrialError(
-            "re-identification needs validation identities seen by two cameras and a gallery of several identities")
-    emb = np.asarray(embeddings, np.float32)
-    dist = cosine_distance(emb[query["_row"].to_numpy()], emb[gallery["_row"].to_numpy()])
-    result = evaluate_rank(dist, query["identity"].to_numpy(), gallery["identity"].to_numpy(),
-                           query["camera"].to_numpy(), gallery["camera"].to_numpy())
-    return {"reid_mAP": float(result["mAP"]), "reid_rank1": float(result["rank1"])}
-
-
 def reid_metrics(model, table: pd.DataFrame, cfg: Config) -> dict:
-    """``retrieval_metrics`` of the model's ``embedding`` output on ``table``'s images."""
-    from mtl.experiment import predict_outputs
+    """Re-identification mAP / rank-1 on held-out identities, as training reports them
+    (``mtl.reid.protocol.evaluate_holdout``: one query per identity and camera, plain distance)."""
+    from mtl.reid.protocol import evaluate_holdout
 
-    outputs = predict_outputs(model, table["path"], cfg)
-    if "embedding" not in outputs:
-        raise keras_tuner.errors.FailedTrialError("the model has no embedding output: no re-identification mAP")
-    return retrieval_metrics(outputs["embedding"], table, cfg.data.split_seed)
+    result = evaluate_holdout(model, table, cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size,
+                              seed=cfg.data.split_seed, rerank="no")
+    if "skipped" in result:
+        raise keras_tuner.errors.FailedTrialError(f"no re-identification metrics: {result['skipped']}")
+    return {"reid_mAP": float(result["plain"]["mAP"]), "reid_rank1": float(result["plain"]["rank1"])}
 
 
 # ---------------------------------------------------------------------------------------------
