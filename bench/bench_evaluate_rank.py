@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mtl.reid import evaluate_rank  # noqa: E402
 from mtl.reid.distance import euclidean_distance  # noqa: E402
+from mtl.reid.reference import reference_eval_market1501  # noqa: E402
 
 
 def market_like_features(seed=0, num_query=3368, num_gallery=15913, num_ids=750,
@@ -80,37 +81,6 @@ def market_like_problem(seed=0, **kwargs):
     returns ``distmat``, ``q_pids``, ``g_pids``, ``q_camids``, ``g_camids`` (mAP about 0.6)."""
     q_feat, g_feat, q_pids, g_pids, q_camids, g_camids = market_like_features(seed=seed, **kwargs)
     return euclidean_distance(q_feat, g_feat), q_pids, g_pids, q_camids, g_camids
-
-
-def reference_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The plain per-query numpy loop of torchreid's ``eval_market1501`` (stable argsort)."""
-    num_q, num_g = distmat.shape
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
-    all_cmc, all_AP, all_INP = [], [], []
-    num_valid_q = 0.0
-    for q_idx in range(num_q):
-        q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
-        order = indices[q_idx]
-        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
-        keep = np.invert(remove)
-        raw_cmc = matches[q_idx][keep]
-        if not np.any(raw_cmc):
-            continue
-        cmc = raw_cmc.cumsum()
-        pos_idx = np.where(raw_cmc == 1)
-        max_pos_idx = np.max(pos_idx)
-        all_INP.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
-        cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
-        num_valid_q += 1.0
-        num_rel = raw_cmc.sum()
-        tmp_cmc = raw_cmc.cumsum()
-        tmp_cmc = [x / (i + 1.0) for i, x in enumerate(tmp_cmc)]
-        tmp_cmc = np.asarray(tmp_cmc) * raw_cmc
-        all_AP.append(tmp_cmc.sum() / num_rel)
-    all_cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / num_valid_q
-    return all_cmc, float(np.mean(all_AP)), float(np.mean(all_INP))
 
 
 def _maxrss_mb():
@@ -170,7 +140,7 @@ def main(argv=None):
 
     rss0 = _maxrss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
-    cmc, mAP, mINP = reference_eval_market1501(*sub_args)
+    cmc, mAP, mINP, _ = reference_eval_market1501(*sub_args)
     base_time = time.perf_counter() - t0
     base_cpu = time.process_time() - c0
     rss_growth = _maxrss_mb() - rss0

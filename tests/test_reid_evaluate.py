@@ -5,37 +5,7 @@ import pytest
 
 import mtl.reid.evaluate as evaluate_module
 from mtl.reid import evaluate_rank
-
-
-def reference_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """torchreid / fast-reid ``eval_market1501`` (numpy per-query loop), with a stable argsort."""
-    num_q, num_g = distmat.shape
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
-    all_cmc, all_AP, all_INP = [], [], []
-    num_valid_q = 0.0
-    for q_idx in range(num_q):
-        q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
-        order = indices[q_idx]
-        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
-        keep = np.invert(remove)
-        raw_cmc = matches[q_idx][keep]
-        if not np.any(raw_cmc):
-            continue
-        cmc = raw_cmc.cumsum()
-        pos_idx = np.where(raw_cmc == 1)
-        max_pos_idx = np.max(pos_idx)
-        all_INP.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
-        cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
-        num_valid_q += 1.0
-        num_rel = raw_cmc.sum()
-        tmp_cmc = raw_cmc.cumsum()
-        tmp_cmc = [x / (i + 1.0) for i, x in enumerate(tmp_cmc)]
-        tmp_cmc = np.asarray(tmp_cmc) * raw_cmc
-        all_AP.append(tmp_cmc.sum() / num_rel)
-    all_cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / num_valid_q
-    return all_cmc, float(np.mean(all_AP)), float(np.mean(all_INP)), int(num_valid_q)
+from mtl.reid.reference import reference_eval_market1501
 
 
 @pytest.fixture(params=["compare", "sort"])
