@@ -81,7 +81,7 @@ def search_space(hp: keras_tuner.HyperParameters, tasks: Sequence[TaskSpec],
         Nested dict of config overrides, e.g. ``{"model": {"head": "public", ...}, "train": {...}}``;
         parameters of an inactive branch (private widths of a public head) are left out.
     """
-    p = SpaceReader(hp, space, tasks)
+    p = SpaceReader(hp, space)
     model: dict = {}
     train: dict = {}
     model["head"] = p.choice("model.head", list(HEAD_TYPES))
@@ -120,13 +120,11 @@ class SpaceReader:
     An unknown key is an error listing the valid ones.
     """
 
-    def __init__(self, hp, space: Mapping[str, Any] | None, tasks: Sequence[TaskSpec]):
+    def __init__(self, hp, space: Mapping[str, Any] | None):
         self.hp = hp
         self.space = flatten_space(space or {})
-        self.used: set[str] = set()
-        self.disabled = 0
-        self.valid: list[str] = []
-        self.tasks = [t.name for t in tasks]
+        self.disabled = 0  # > 0 inside a branch that a fixed parent excludes
+        self.valid: list[str] = []  # every key search_space asked for (unknown-key check)
 
     # -- declaration helpers used by search_space ----------------------------------------------
 
@@ -200,10 +198,7 @@ class SpaceReader:
 
     def _spec(self, name):
         self.valid.append(name)
-        if name in self.space:
-            self.used.add(name)
-            return self.space[name]
-        return _UNSET
+        return self.space.get(name, _UNSET)
 
     def _declare(self, name, spec, kind, allowed=None, default=None):
         if self.disabled:
