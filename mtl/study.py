@@ -182,11 +182,18 @@ def run_study(base: Config, main: str, aux: Sequence[str], out: str | Path, incl
     Returns:
         The ``study.json`` content.
     """
+    from mtl.tuning import exclusive_folder
+
+    with exclusive_folder(out, "study"):
+        return _run_study(base, main, aux, Path(out), include_all, seeds, overwrite, command, progress)
+
+
+def _run_study(base, main, aux, out: Path, include_all, seeds, overwrite, command, progress) -> dict:
+    """``run_study`` once the folder is locked."""
     from mtl.data.sources import load_source
     from mtl.experiment import data_root, train
     from mtl.tuning import gradient_registry_mark, release_graph_memory
 
-    out = Path(out)
     source = load_source(data_root(base), base.data.format, rare_threshold=base.data.rare_threshold)
     main_name, groups = resolve_study_tasks(main, aux, source.tasks, source.aliases)
     sets = task_sets(main_name, groups, include_all)

@@ -674,6 +674,42 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@contextlib.contextmanager
+def exclusive_folder(folder: str | Path, what: str = "search"):
+    """Hold an advisory lock on ``folder`` (``.lock`` inside it) while the block runs.
+
+    Two processes writing the same run folders at once (the same command started twice) would
+    mix their files; the second one stops with an error instead. The lock is the kernel's
+    (``flock``): it goes away with its process, so a killed run never leaves a stale lock.
+    Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MtlError(f"{folder} is in use by {holder}: wait for it to finish (or stop it) before "
+                           f"running this {what} again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _gradient_registry() -> dict | None:
     try:
         from tensorflow.python.framework import ops as tf_ops
@@ -870,7 +906,7 @@ def prepare_out_dir(out: str | Path, settings: Mapping, resume: bool = False, ov
     if exists and overwrite:
         if (out / PROJECT).exists():
             shutil.rmtree(out / PROJECT)
-        for name in (SEARCH_FILE, *RESULT_FILES):
+        for name in (SEARCH_FILE, *RESULT_FILES):  # other files (the lock, the user's) stay
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, {"fingerprint": fingerprint(settings), "settings": settings,
@@ -999,6 +1035,12 @@ def run_search(cfg: Config, out: str | Path, resume: bool = False, overwrite: bo
         check_worker_settings(out, settings)
         tuner.search(verbose=hypermodel.verbose)
         return {"role": "worker", "trials_run": len(tuner.memory_mb), "memory_mb": tuner.memory_mb}
+    with exclusive_folder(out, "search"):
+        return _run_chief_or_single(cfg, out, data, objective, settings, hypermodel, role, resume, overwrite, command)
+
+
+def _run_chief_or_single(cfg, out, data, objective, settings, hypermodel, role, resume, overwrite, command) -> dict:
+    """``run_search`` for the process that owns the folder (the chief, or the only process)."""
     mode = prepare_out_dir(out, settings, resume=resume, overwrite=overwrite)
     print(f"{'resuming' if mode == 'resume' else 'starting'} {cfg.tune.tuner} search in {out}: objective "
           f"{objective.name} ({objective.direction}), at most {cfg.tune.max_trials} trials", flush=True)

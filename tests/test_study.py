@@ -81,6 +81,18 @@ def test_a_run_folder_of_another_recipe_is_not_reused(tmp_path):
     assert check_run_dir(run, other, overwrite=True) == "new" and not run.exists()
 
 
+def test_a_study_folder_in_use_is_refused(tmp_path):
+    from mtl.study import run_study
+    from mtl.tuning import exclusive_folder
+
+    out = tmp_path / "study"
+    with exclusive_folder(out, "study"):  # as if the same command were already running
+        with pytest.raises(MtlError, match=r"in use by process \d+"):
+            run_study(build_config({}), "age", ["gender"], out)
+    with exclusive_folder(out, "study"):  # released with its holder
+        pass
+
+
 def test_help_documents_every_flag(capsys):
     from scripts.study import main
 

@@ -169,6 +169,16 @@ def test_out_dir_rules_resume_overwrite_and_changed_settings(tmp_path):
         prepare_out_dir(out, changed, resume=True, overwrite=True)
 
 
+def test_a_search_folder_in_use_is_refused(tmp_path):
+    from mtl.tuning import exclusive_folder, run_search
+
+    out = tmp_path / "search"
+    with exclusive_folder(out):
+        with pytest.raises(MtlError, match="in use by process"):
+            run_search(build_config({"tasks": "age", "tune": {"max_trials": 1}}), out)
+    assert not (out / "search.json").exists()  # refused before touching the folder
+
+
 def test_settings_diff_names_what_changed():
     diff = settings_diff({"a": {"b": 1, "c": [1]}}, {"a": {"b": 2, "c": [1]}, "d": 3})
     assert diff == ["a.b: 1 -> 2", "d: (absent) -> 3"]
