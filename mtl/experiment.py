@@ -45,7 +45,7 @@ from mtl.metrics import class_probabilities, evaluate_task, summarize
 from mtl.models.builder import build_model, get_trunk, model_kwargs
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 from mtl.training import (attribute_loss_weights, compile_model, fit_verbosity, make_callbacks, make_optimizer,
-                          WarmupSchedule)
+                          embedding_loss_weight, trunk_phases, WarmupSchedule)
 
 
 @dataclass
@@ -213,18 +213,18 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
     write_model_summary(run_dir, model, cfg)
     weights = attribute_loss_weights(data.tasks, cfg.train.loss_weights)
     callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience),
-                               monitor=monitor_for(data.tasks))
+                               monitor=monitor_for(data.tasks),
+                               embedding_weight=embedding_loss_weight(data.tasks, cfg.train.loss_weights))
     start = time.time()
-    freeze = min(cfg.train.freeze_trunk_epochs, cfg.train.epochs)
-    phases = [(0, freeze, False), (freeze, cfg.train.epochs, True)] if freeze else [(0, cfg.train.epochs, True)]
-    for first, last, trunk_trainable in phases:
-        if last <= first:
-            continue
+    for first, last, trunk_trainable in trunk_phases(cfg.train.freeze_trunk_epochs, cfg.train.epochs):
         with strategy.scope():
             compile_for(model, cfg, data, steps, trainable_trunk=trunk_trainable)
         with warnings.catch_warnings():
             # the first epoch of a dataset of unknown length ends by running out of data: expected
             warnings.filterwarnings("ignore", message="Your input ran out of data")
+            # unfreezing the trunk gives the optimizer more variables than the backup saved at the
+            # end of the frozen phase: its weights restore, its (heads-only) moments start afresh
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                       steps_per_epoch=steps if fixed_steps else None, shuffle=False,
                       callbacks=callbacks, verbose=fit_verbosity())
@@ -247,9 +247,14 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
 
 
 def monitor_for(tasks) -> str:
-    """Early stopping watches the masked attribute loss; identity-only runs watch the training loss
-    (validation identities are disjoint from the classifier's classes)."""
-    return "val_masked_loss" if any(t.kind in (BINARY, CATEGORICAL) for t in tasks) else "loss"
+    """What early stopping and the best checkpoint watch: the masked attribute loss; with an
+    identity task as well, that plus the embedding's triplet loss on the held-out people (the
+    attributes alone start to overfit while the embedding still improves); identity-only runs
+    watch the training loss (validation identities are not the classifier's classes)."""
+    attributes = any(t.kind in (BINARY, CATEGORICAL) for t in tasks)
+    if attributes and any(t.kind == IDENTITY for t in tasks):
+        return "val_joint_loss"
+    return "val_masked_loss" if attributes else "loss"
 
 
 def predict_outputs(model, paths, cfg: Config, batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -285,7 +290,8 @@ def evaluate_model(model, tasks, table: pd.DataFrame, cfg: Config) -> tuple[dict
 
 def training_summary(run_dir: Path, train_time: float) -> dict:
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
-    best = min(history, key=lambda e: e.get("val_masked_loss", e.get("loss", np.inf)), default=None)
+    monitor = lambda e: e.get("val_joint_loss", e.get("val_masked_loss", e.get("loss", np.inf)))  # noqa: E731
+    best = min(history, key=monitor, default=None)
     times = [e["time_s"] for e in history]
     return {"train_time_s": round(train_time, 1), "epochs_run": len(history),
             "best_epoch": best["epoch"] if best else None,

@@ -21,6 +21,7 @@ from mtl.errors import ConfigError
 from mtl.io import atomic_path, atomic_write_json
 from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
 from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
+from mtl.reid.heads import EMBEDDING
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -159,11 +160,17 @@ class MaskedLossLogger(keras.callbacks.Callback):
     """Adds ``masked_loss`` / ``val_masked_loss``: the loss-weighted sum of each task's masked
     cross-entropy over the whole epoch (Keras' logged ``loss`` averages per-batch values, so a
     batch with no label counts as 0). Must come before the callbacks that monitor it.
+
+    With ``embedding_weight`` (runs with attributes and an identity embedding) it also adds
+    ``joint_loss`` / ``val_joint_loss``: the masked loss plus the weighted metric-learning loss of
+    the embedding. The identity classifier's loss is left out: validation identities are not its
+    classes, while the triplet loss is measured on the held-out people.
     """
 
-    def __init__(self, weights: Mapping[str, float]):
+    def __init__(self, weights: Mapping[str, float], embedding_weight: float | None = None):
         super().__init__()
         self.weights = dict(weights)
+        self.embedding_weight = embedding_weight
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -173,6 +180,9 @@ class MaskedLossLogger(keras.callbacks.Callback):
             keys = [(f"{prefix}{t}_xent", w) for t, w in self.weights.items()]
             if keys and all(k in logs for k, _ in keys):  # identity-only runs have no masked loss
                 logs[f"{prefix}masked_loss"] = float(sum(w * float(logs[k]) for k, w in keys))
+            embedding = logs.get(f"{prefix}{EMBEDDING}_loss")
+            if self.embedding_weight is not None and embedding is not None and f"{prefix}masked_loss" in logs:
+                logs[f"{prefix}joint_loss"] = logs[f"{prefix}masked_loss"] + self.embedding_weight * float(embedding)
 
 
     def _name_single_output_metrics(self, logs):
@@ -238,16 +248,25 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                           {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
+def trunk_phases(freeze_trunk_epochs: int, epochs: int, initial_epoch: int = 0) -> list[tuple[int, int, bool]]:
+    """The ``(first_epoch, last_epoch, trunk_trainable)`` fit calls of a fine-tuning run: the heads
+    alone for the first ``freeze_trunk_epochs``, then everything; empty phases are left out."""
+    split = max(initial_epoch, min(freeze_trunk_epochs, epochs))
+    phases = [(initial_epoch, split, False), (split, epochs, True)]
+    return [(first, last, trainable) for first, last, trainable in phases if last > first]
+
+
 def fit_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
 
 
 def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: int,
-                   monitor: str = "val_masked_loss", resume: bool = True) -> list:
+                   monitor: str = "val_masked_loss", resume: bool = True,
+                   embedding_weight: float | None = None) -> list:
     run_dir = Path(run_dir)
     callbacks = [
-        MaskedLossLogger(loss_weights),
+        MaskedLossLogger(loss_weights, embedding_weight),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience, restore_best_weights=True,
                                       min_delta=1e-4),
@@ -258,6 +277,11 @@ def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: i
         # saves weights, optimizer and epoch each epoch; a rerun continues from there
         callbacks.append(AtomicBackupAndRestore(str(run_dir / "checkpoints" / "backup"), delete_checkpoint=False))
     return callbacks
+
+
+def embedding_loss_weight(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> float | None:
+    """Weight of the embedding's metric loss in ``joint_loss``; None without an identity task."""
+    return float(loss_weights.get(EMBEDDING, 1.0)) if any(t.kind == IDENTITY for t in tasks) else None
 
 
 def attribute_loss_weights(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> dict:

@@ -50,7 +50,7 @@ from mtl.errors import ConfigError, MtlError
 from mtl.io import atomic_path, atomic_write_json
 from mtl.models.heads import HEAD_TYPES
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
-from mtl.training import OPTIMIZERS
+from mtl.training import OPTIMIZERS, trunk_phases
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "tuner"  # keras-tuner's project folder inside the output folder
@@ -566,7 +566,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
             ``epochs_run``, ``best_epoch`` and ``trial_seconds``.
         """
         from mtl.experiment import evaluate_model, monitor_for, uses_pk_sampler
-        from mtl.training import MaskedLossLogger, attribute_loss_weights
+        from mtl.training import MaskedLossLogger, attribute_loss_weights, embedding_loss_weight
 
         start = time.time()
         cfg = self.trial_config(hp)
@@ -577,15 +577,12 @@ class MtlHyperModel(keras_tuner.HyperModel):
         recorder = _EpochRecorder()
         tuner_callbacks = list(callbacks or [])
         # ours first: the masked loss must be in the logs before anything reads them
-        own = [MaskedLossLogger(attribute_loss_weights(self.tasks, cfg.train.loss_weights)),
+        own = [MaskedLossLogger(attribute_loss_weights(self.tasks, cfg.train.loss_weights),
+                                embedding_loss_weight(self.tasks, cfg.train.loss_weights)),
                keras.callbacks.TerminateOnNaN(), stopper, recorder]
-        freeze = min(cfg.train.freeze_trunk_epochs, epochs)
-        phases = [(initial_epoch, max(initial_epoch, freeze), False), (max(initial_epoch, freeze), epochs, True)]
         compiled_trainable = not cfg.train.freeze_trunk_epochs
         fixed_steps = bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg, self.tasks)  # P x K: infinite
-        for first, last, trainable in phases:
-            if last <= first:
-                continue
+        for first, last, trainable in trunk_phases(cfg.train.freeze_trunk_epochs, epochs, initial_epoch):
             if trainable != compiled_trainable:
                 self.compile(model, cfg, trainable_trunk=trainable)
                 compiled_trainable = trainable

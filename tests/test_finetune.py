@@ -8,6 +8,7 @@ from mtl.config import build_config
 from mtl.experiment import PreparedData, compile_for
 from mtl.models.builder import build_model, get_trunk, model_kwargs
 from mtl.tasks import TaskSpec
+from mtl.training import trunk_phases
 
 TASKS = [TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("color", ("r", "g", "b"))]
 
@@ -53,3 +54,12 @@ def test_unfrozen_trunk_learns_with_a_lower_learning_rate():
     assert moves[1.0] > 0
     # SGD: the first update is proportional to the learning rate
     np.testing.assert_allclose(moves[0.01], moves[1.0] * 0.01, rtol=0.05)
+
+
+def test_trunk_phases_freeze_then_unfreeze_and_resume_inside_either_phase():
+    assert trunk_phases(0, 10) == [(0, 10, True)]
+    assert trunk_phases(2, 10) == [(0, 2, False), (2, 10, True)]
+    assert trunk_phases(20, 10) == [(0, 10, False)]  # frozen for the whole run
+    assert trunk_phases(2, 10, initial_epoch=1) == [(1, 2, False), (2, 10, True)]
+    assert trunk_phases(2, 10, initial_epoch=5) == [(5, 10, True)]  # resumed after unfreezing
+    assert trunk_phases(2, 10, initial_epoch=10) == []
