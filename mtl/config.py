@@ -69,6 +69,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step | constant
     step_epochs: int = 10  # step schedule: divide by 10 every step_epochs
     patience: int | None = None  # None: max(6, 1 + sqrt(epochs)), as in the seeds
+    keep: str = "best"  # best: early stopping, end with the lowest-validation-loss epoch | last: full schedule
     loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight, default 1
     class_weighting: bool = False  # weight classes by inverse frequency (capped)
     label_smoothing: float = 0.0

@@ -26,6 +26,7 @@ from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+KEEP = ("best", "last")  # which epoch's weights a run ends with
 
 
 @keras.saving.register_keras_serializable(package="mtl")
@@ -219,14 +220,111 @@ class HistoryWriter(keras.callbacks.Callback):
         atomic_write_json(self.path, self.epochs)
 
 
-class AtomicBestCheckpoint(keras.callbacks.Callback):
-    """Saves the weights of the best epoch (lowest ``monitor``) to ``path`` atomically."""
+def completed_epochs(history_path: str | Path | None, epoch: int) -> list[dict]:
+    """The rows of ``history.json`` for the epochs finished before 0-based ``epoch`` (a resumed
+    run's earlier sessions, or the earlier fit calls of this one)."""
+    path = Path(history_path) if history_path else None
+    rows = json.loads(path.read_text()) if path is not None and path.is_file() else []
+    return [r for r in rows if r["epoch"] <= epoch]
 
-    def __init__(self, path: str | Path, monitor: str = "val_masked_loss"):
+
+class RunEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping, but one run's best epoch, patience count and best weights survive
+    its fit calls (the frozen-trunk phase, then fine-tuning) and its resumptions, and the best
+    weights are restored once, when the run ends (stopped early, or after epoch ``epochs``).
+
+    Keras resets its state at every ``fit`` and restores the best weights at the end of each: a
+    run resumed after epoch 13 forgot that epoch 8 was its best and kept the best of epochs
+    14-15, and a frozen phase of several epochs handed fine-tuning its best epoch rather than its
+    last. With ``history_path`` the state is rebuilt from ``history.json`` when a fit call starts;
+    the weights of an earlier session's best epoch come from ``weights_path`` (the best checkpoint).
+    """
+
+    def __init__(self, *args, epochs: int | None = None, history_path: str | Path | None = None,
+                 weights_path: str | Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+        self.history_path = history_path
+        self.weights_path = Path(weights_path) if weights_path else None
+        self._started = False
+        self._rebuilt = True
+        self._last_epoch = -1
+
+    def on_train_begin(self, logs=None):
+        carried = (self.wait, self.best, self.best_epoch, self.best_weights) if self._started else None
+        super().on_train_begin(logs)
+        if carried is not None:
+            self.wait, self.best, self.best_epoch, self.best_weights = carried
+        self._started = True
+        self._rebuilt = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # the first epoch of a fit call tells which epochs are done (BackupAndRestore may skip some)
+        if not self._rebuilt:
+            self._rebuilt = True
+            self._rebuild(completed_epochs(self.history_path, epoch), epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._last_epoch = epoch
+
+    def on_train_end(self, logs=None):
+        if not self._rebuilt:  # a rerun of a finished run trains no epoch: its state is all in the history
+            rows = completed_epochs(self.history_path, np.inf)
+            self._rebuilt = True
+            self._rebuild(rows, max((r["epoch"] for r in rows), default=0))
+            self._last_epoch = max((r["epoch"] - 1 for r in rows), default=self._last_epoch)
+        finished = self.epochs is None or self.stopped_epoch > 0 or self._last_epoch >= self.epochs - 1
+        if finished:
+            super().on_train_end(logs)
+
+    def _rebuild(self, rows: list[dict], epoch: int) -> None:
+        values = [(r["epoch"] - 1, r[self.monitor]) for r in rows if self.monitor in r]
+        if not values:
+            return
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        best, best_epoch, wait = None, 0, 0
+        for index, value in values:  # the same rule as on_epoch_end
+            wait += 1
+            if self._is_improvement(value, best):
+                best, best_epoch, wait = value, index, 0
+        if best_epoch != self.best_epoch or self.best_weights is None:
+            self.best_weights = self._weights_of(best_epoch, epoch)
+        self.best, self.best_epoch, self.wait = best, best_epoch, wait
+
+    def _weights_of(self, best_epoch: int, epoch: int):
+        if not self.restore_best_weights:
+            return None
+        if best_epoch == epoch - 1:  # the epoch just finished (or just restored from the backup)
+            return self.model.get_weights()
+        if self.weights_path is None or not self.weights_path.is_file():
+            return None  # nothing to restore: the end of the run keeps its last weights
+        current = self.model.get_weights()
+        self.model.load_weights(str(self.weights_path))
+        best = self.model.get_weights()
+        self.model.set_weights(current)
+        return best
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Saves the weights of the best epoch (lowest ``monitor``) to ``path`` atomically. A resumed
+    run starts from the best value in ``history_path``, so the file keeps an earlier session's
+    best epoch unless a later one beats it."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_masked_loss", history_path: str | Path | None = None):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
+        self.history_path = history_path
         self.best = np.inf
+        self._rebuilt = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._rebuilt:
+            self._rebuilt = True
+            earlier = [r[self.monitor] for r in completed_epochs(self.history_path, epoch) if self.monitor in r]
+            self.best = min([self.best, *earlier])
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -263,15 +361,24 @@ def fit_verbosity() -> int:
 
 def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: int,
                    monitor: str = "val_masked_loss", resume: bool = True,
-                   embedding_weight: float | None = None) -> list:
+                   embedding_weight: float | None = None, keep: str = "best", epochs: int | None = None) -> list:
+    """The callbacks of a run. ``keep="best"``: early stopping, and the model ends with the
+    weights of its lowest ``monitor`` epoch; ``keep="last"``: the whole schedule runs and the
+    model keeps its final weights. Either way ``checkpoints/best.weights.h5`` holds the best epoch.
+    ``epochs``: the run's last epoch over all its fit calls (the best weights are restored after it)."""
+    if keep not in KEEP:
+        raise ConfigError(f"unknown train.keep {keep!r}; valid: {', '.join(KEEP)}")
     run_dir = Path(run_dir)
+    history, best = run_dir / "history.json", run_dir / "checkpoints" / "best.weights.h5"
+    stopping = [RunEarlyStopping(monitor=monitor, mode="min", patience=patience, restore_best_weights=True,
+                                 min_delta=1e-4, epochs=epochs, history_path=history, weights_path=best)
+                ] if keep == "best" else []
     callbacks = [
         MaskedLossLogger(loss_weights, embedding_weight),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience, restore_best_weights=True,
-                                      min_delta=1e-4),
-        AtomicBestCheckpoint(run_dir / "checkpoints" / "best.weights.h5", monitor),
-        HistoryWriter(run_dir / "history.json"),
+        *stopping,
+        AtomicBestCheckpoint(best, monitor, history_path=history),
+        HistoryWriter(history),
     ]
     if resume:
         # saves weights, optimizer and epoch each epoch; a rerun continues from there

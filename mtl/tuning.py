@@ -566,14 +566,15 @@ class MtlHyperModel(keras_tuner.HyperModel):
             ``epochs_run``, ``best_epoch`` and ``trial_seconds``.
         """
         from mtl.experiment import evaluate_model, monitor_for, uses_pk_sampler
-        from mtl.training import MaskedLossLogger, attribute_loss_weights, embedding_loss_weight
+        from mtl.training import MaskedLossLogger, RunEarlyStopping, attribute_loss_weights, embedding_loss_weight
 
         start = time.time()
         cfg = self.trial_config(hp)
         train_ds, val_ds = self.datasets()
         epochs = int(epochs or cfg.train.epochs)
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor_for(self.tasks), mode="min", patience=self.patience,
-                                                restore_best_weights=True, min_delta=1e-4)
+        # one stopper over the frozen-trunk and fine-tuning fits: restores the trial's best epoch once, at its end
+        stopper = RunEarlyStopping(monitor=monitor_for(self.tasks), mode="min", patience=self.patience,
+                                   restore_best_weights=True, min_delta=1e-4, epochs=epochs)
         recorder = _EpochRecorder()
         tuner_callbacks = list(callbacks or [])
         # ours first: the masked loss must be in the logs before anything reads them
