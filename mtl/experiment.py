@@ -8,7 +8,7 @@ Run directory contents (each written atomically):
 * ``data.json``: source format and folder, images / identities per split;
 * ``split.csv``: every image used, with its split (``train`` / ``val``);
 * ``model.json``: trunk, head, input shape, parameter counts, output names;
-* ``model.keras``: the trained model (best epoch), reloadable in a fresh process;
+* ``model.keras``: the trained model (the epoch ``train.keep`` chose), reloadable in a fresh process;
 * ``history.json``: per-epoch logs; ``checkpoints/``: best weights and the resume backup;
 * ``metrics.json``: validation metrics per task (accuracy, macro F1, per-class P/R/F1, mA);
 * ``val_predictions.csv``: per validation image, true / predicted class and confidence per task.
@@ -214,7 +214,8 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
     weights = attribute_loss_weights(data.tasks, cfg.train.loss_weights)
     callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience),
                                monitor=monitor_for(data.tasks),
-                               embedding_weight=embedding_loss_weight(data.tasks, cfg.train.loss_weights))
+                               embedding_weight=embedding_loss_weight(data.tasks, cfg.train.loss_weights),
+                               keep=cfg.train.keep, epochs=cfg.train.epochs)
     start = time.time()
     for first, last, trunk_trainable in trunk_phases(cfg.train.freeze_trunk_epochs, cfg.train.epochs):
         with strategy.scope():
@@ -241,7 +242,8 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
 
         metrics["reid"] = evaluate_holdout(model, data.val, cfg.data.image_height, cfg.data.image_width,
                                            cfg.train.batch_size, seed=cfg.data.split_seed)
-    metrics["training"] = training_summary(run_dir, train_time)
+    stopper = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+    metrics["training"] = training_summary(run_dir, train_time, stopper)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -288,13 +290,19 @@ def evaluate_model(model, tasks, table: pd.DataFrame, cfg: Config) -> tuple[dict
     return {"tasks": results, "summary": summarize(results), "num_images": int(len(table))}, frame
 
 
-def training_summary(run_dir: Path, train_time: float) -> dict:
+def training_summary(run_dir: Path, train_time: float, stopper: keras.callbacks.EarlyStopping | None = None) -> dict:
+    """``train_time_s`` sums the epochs of every session of a resumed run (this session's wall time
+    when no history was written); ``best_epoch`` has the lowest monitored loss; ``kept_epoch`` is
+    the one whose weights the model holds: the best one when early stopping restored it
+    (``train.keep: best``), else the last."""
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
     monitor = lambda e: e.get("val_joint_loss", e.get("val_masked_loss", e.get("loss", np.inf)))  # noqa: E731
     best = min(history, key=monitor, default=None)
     times = [e["time_s"] for e in history]
-    return {"train_time_s": round(train_time, 1), "epochs_run": len(history),
-            "best_epoch": best["epoch"] if best else None,
+    restored = stopper is not None and stopper.best_weights is not None
+    kept = stopper.best_epoch + 1 if restored else (history[-1]["epoch"] if history else None)
+    return {"train_time_s": round(float(np.sum(times)) if times else train_time, 1), "epochs_run": len(history),
+            "best_epoch": best["epoch"] if best else None, "kept_epoch": kept,
             "mean_epoch_time_s": round(float(np.mean(times)), 1) if times else None}
 
 

@@ -126,3 +126,19 @@ def test_attribute_and_identity_runs_stop_on_the_joint_validation_loss():
     assert logs["val_masked_loss"] == 0.5
     assert logs["val_joint_loss"] == 0.5 + 0.5 * 2.0  # the identity classifier's loss is not in it
     assert logs["joint_loss"] == 1.0 + 0.5 * 1.0
+
+
+def test_training_summary_names_the_epoch_the_model_holds(tmp_path):
+    # a run that trains its whole schedule (train.keep: last, no stopper) keeps the last epoch even
+    # when an earlier one had the lowest validation loss; with early stopping the best is restored
+    from mtl.experiment import training_summary
+    from mtl.training import RunEarlyStopping
+
+    history = [{"epoch": e, "time_s": 10.0, "val_joint_loss": loss} for e, loss in [(1, 3.0), (2, 1.0), (3, 2.0)]]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    summary = training_summary(tmp_path, 99.0, None)
+    assert (summary["best_epoch"], summary["kept_epoch"]) == (2, 3)
+    assert summary["train_time_s"] == 30.0  # the epochs' own times: also right for a resumed run
+    stopper = RunEarlyStopping(patience=5, restore_best_weights=True)
+    stopper.best_epoch, stopper.best_weights = 1, [np.zeros(1)]
+    assert training_summary(tmp_path, 99.0, stopper)["kept_epoch"] == 2

@@ -451,7 +451,7 @@ def test_run_report_has_every_section(tmp_path, fake_run):
     # the run: data, model, training time, reproduction command
     assert "market1501_course" in text and "123,456" in text and "12 s" in text
     assert f"python scripts/train.py --tasks gender,hat,up,upcolor --out {fake_run}" in text
-    assert "epoch kept by early stopping (3)" in text
+    assert "epoch kept (3)" in text
     # verdicts: gender and upcolor learned, hat not
     assert re.search(r'class="chip good" href="#task-gender"', text)
     assert re.search(r'class="chip good" href="#task-upcolor"', text)

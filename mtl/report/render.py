@@ -136,14 +136,22 @@ def _model_items(model: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return items
 
 
+def kept_epoch(training: Mapping[str, Any]):
+    """The epoch whose weights the run's model holds (runs written before ``kept_epoch`` existed
+    always kept their best epoch)."""
+    return training.get("kept_epoch", training.get("best_epoch"))
+
+
 def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
     items = []
     if "train_time_s" in training:
         items.append(("training time", _duration(training["train_time_s"])))
     if "epochs_run" in training:
         items.append(("epochs run", training["epochs_run"]))
-    if "best_epoch" in training:
-        items.append(("epoch kept (early stopping)", training["best_epoch"]))
+    if kept_epoch(training) is not None:
+        items.append(("epoch kept", kept_epoch(training)))
+    if training.get("best_epoch") not in (None, kept_epoch(training)):
+        items.append(("lowest validation loss at epoch", training["best_epoch"]))
     if "mean_epoch_time_s" in training:
         items.append(("mean epoch time", _duration(training["mean_epoch_time_s"])))
     return items
@@ -185,7 +193,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     metrics = rf.metrics or {}
     task_metrics = {k: v for k, v in (metrics.get("tasks") or {}).items() if isinstance(v, Mapping)}
     training = metrics.get("training") if isinstance(metrics.get("training"), Mapping) else {}
-    best_epoch = training.get("best_epoch")
+    best_epoch = kept_epoch(training)
     best_epoch = best_epoch if figures.finite(best_epoch) else None
     specs = _task_specs(rf)
     thumbs = Thumbnailer(_image_roots(rf))
@@ -382,7 +390,7 @@ def _sub_runs_table(path: Path) -> tables.Table | None:
                            tables.format_value(s.get("mean_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mean_majority_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mA"), tables.PERCENT),
-                           tables.format_value(tr.get("best_epoch"), tables.INTEGER),
+                           tables.format_value(kept_epoch(tr), tables.INTEGER),
                            tables.Cell(report_command(run), "")])
     return table
 
@@ -472,13 +480,13 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
                          "trunk": (rf.model or {}).get("trunk") or (rf.config or {}).get("model", {}).get("trunk"),
                          "params": (rf.model or {}).get("params_total"),
                          "train_time": _duration(tr.get("train_time_s")), "epochs": tr.get("epochs_run"),
-                         "best_epoch": tr.get("best_epoch"), "mean_accuracy": s.get("mean_accuracy"),
+                         "best_epoch": kept_epoch(tr), "mean_accuracy": s.get("mean_accuracy"),
                          "majority": s.get("mean_majority_accuracy"), "macro_f1": s.get("mean_macro_f1"),
                          "mA": s.get("mA"), "mAP": reid.get("mAP"), "rank1": reid.get("rank1"),
                          "command": next(iter(_reproduce(rf)), ("", None))[1],
                          "notes": rf.notes})
     histories = [rf.history or [] for rf in runs]
-    bests = [((rf.metrics or {}).get("training") or {}).get("best_epoch") for rf in runs]
+    bests = [kept_epoch((rf.metrics or {}).get("training") or {}) for rf in runs]
     curves = []
     # the masked loss is what early stopping watched; Keras' weighted loss only when it is absent
     keys = ["masked_loss"] if all(any("val_masked_loss" in e for e in h) for h in histories) else ["loss"]
