@@ -10,7 +10,9 @@ Which images are evaluated:
       val     the run's validation identities (split.csv);
       unseen  every labelled image whose identity was not a training identity of the run;
       all     every labelled image (a folder of new people).
-    Its images are split into one query per identity and camera, the rest gallery.
+    Its images are split into one query per identity and camera, the rest gallery. Where no identity
+    is seen by two cameras (products: fashion, imaterialist) there is no re-identification: the
+    images are evaluated for their attributes only.
 Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA) are computed on the
 same images (queries and gallery together).
 
@@ -27,6 +29,7 @@ Examples:
     python scripts/evaluate.py --run runs/reid
     python scripts/evaluate.py --run runs/reid --data ../shared/data/market1501-course --rerank no
     python scripts/evaluate.py --run runs/joint --attr-weight 0.5 --attr-alpha 1.0
+    python scripts/evaluate.py --run runs/products            # attributes of the held-out products
 """
 
 from __future__ import annotations
@@ -106,22 +109,26 @@ def main(argv=None) -> int:
 
     attributes = result.get("attributes")
     if attributes:
+        width = max(map(len, attributes["tasks"]), default=0)
         for name, r in attributes["tasks"].items():
             if r.get("accuracy") is not None:
-                print(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}")
+                print(f"  {name:{width}s}  accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}")
         s = attributes["summary"]
         if s["mean_accuracy"] is not None:
             ma = f"  mA {s['mA']:.3f}" if s["mA"] is not None else ""
             print(f"attributes: mean accuracy {s['mean_accuracy']:.3f}{ma} on {attributes['num_images']} images")
-    reid = result["reid"]
-    print(f"re-identification ({reid['feature_layer']} features, {reid['distance']} distance, "
-          f"{reid['num_query']} queries, {reid['num_gallery']} gallery images):")
-    for key in ("plain", "reranked", "attr_weighted", "attr_weighted_reranked", "attr_multiplicative",
-                "attr_multiplicative_reranked", "chance"):
-        if key in reid:
-            print(_line(key, reid[key]))
-    for note in reid.get("notes", []):
-        print(f"  note: {note}")
+    reid = result.get("reid")
+    if reid is None:
+        print("re-identification: skipped (no identity is seen by two cameras)")
+    else:
+        print(f"re-identification ({reid['feature_layer']} features, {reid['distance']} distance, "
+              f"{reid['num_query']} queries, {reid['num_gallery']} gallery images):")
+        for key in ("plain", "reranked", "attr_weighted", "attr_weighted_reranked", "attr_multiplicative",
+                    "attr_multiplicative_reranked", "chance"):
+            if key in reid:
+                print(_line(key, reid[key]))
+        for note in reid.get("notes", []):
+            print(f"  note: {note}")
 
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

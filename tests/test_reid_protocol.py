@@ -61,6 +61,27 @@ def test_original_layout_uses_query_and_gallery_folders():
         evaluation_images(source, None, None, "all")
 
 
+def test_products_are_evaluated_for_their_attributes_without_a_ranking(tmp_path):
+    # a product folder: one image per product, one "camera": no query can be formed, and a
+    # product run's evaluation must still give its attribute metrics
+    from mtl.models.builder import build_model
+    from mtl.reid.protocol import evaluate_labelled
+    from tests.test_source_fashion import write_fashion
+
+    source = load_source(write_fashion(tmp_path / "fashion"), "fashion")
+    table = source.subset("train")
+    split = _run_split(table, set(table["identity"][:8]))
+    query, gallery, what = evaluation_images(source, split, source.root, "auto")
+    assert query.empty and len(gallery) == 8 and "no re-identification" in what
+    tasks = [source.tasks["articleType"]]
+    model = build_model(tasks, input_shape=(32, 16, 3), width=0.25)
+    result = evaluate_labelled(model, tasks, query, gallery, 32, 16, batch_size=4)
+    assert "reid" not in result
+    assert result["attributes"]["num_images"] == 8 and result["attributes"]["tasks"]["articleType"]["accuracy"] is not None
+    with pytest.raises(DataError, match="nothing to evaluate"):
+        evaluate_labelled(model, tasks, query, gallery, 32, 16, batch_size=4, attributes=False)
+
+
 def _ids_and_features(num_ids=12, per_camera=2, dim=16, noise=0.0, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(num_ids, dim))

@@ -79,7 +79,9 @@ def evaluation_images(source, run_split: pd.DataFrame | None = None, run_root: s
         seed: of the query / gallery split of a labelled folder.
 
     Returns:
-        ``(query, gallery, description)``: two source-table frames and a one-line description.
+        ``(query, gallery, description)``: two source-table frames and a one-line description. A
+        folder where no identity is seen by two cameras (products) has no query: every image is
+        in ``gallery``, for the attribute metrics alone.
 
     Raises:
         ConfigError: an unknown ``images`` value, or one that does not apply.
@@ -118,8 +120,9 @@ def evaluation_images(source, run_split: pd.DataFrame | None = None, run_root: s
     if table.empty:
         raise DataError(f"no labelled image left to evaluate in {source.root} ({what})")
     query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
-    if query.empty:
-        raise DataError(f"no identity of {source.root} ({what}) is seen by two cameras: no query can be formed")
+    if query.empty:  # products, or people seen by one camera: attributes only
+        return query.iloc[:0], table.reset_index(drop=True), (
+            f"{what}: {len(table)} images, no identity seen by two cameras (no re-identification)")
     ids = table["identity"].nunique()
     return query, gallery, f"{what}: {ids} identities, {len(query)} queries, {len(gallery)} gallery images"
 
@@ -252,25 +255,35 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
 
     Returns:
         ``{"reid": evaluate_embeddings result plus "feature_layer", "attributes": {"tasks",
-        "summary", "num_images"}}`` (``attributes`` only when asked and the model has attribute tasks).
+        "summary", "num_images"}}`` (``reid`` only when there are queries, ``attributes`` only when
+        asked and the model has attribute tasks).
+
+    Raises:
+        DataError: no query and no attribute metrics: nothing to evaluate.
     """
     from mtl.reid.embedding import embedding_layer_name, extract_features, feature_model
 
     attr_tasks = [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    ranking = not query.empty
+    if not ranking and not (attributes and attr_tasks):
+        raise DataError("nothing to evaluate: no query image (no identity seen by two cameras) and no attribute "
+                        "metrics asked for")
     layer = embedding_layer_name(model)
     needs_attr = attr_tasks and (attributes or attr_weight is not None or attr_alpha is not None)
-    names = [layer] + ([t.name for t in attr_tasks] if needs_attr else [])
+    names = ([layer] if ranking else []) + ([t.name for t in attr_tasks] if needs_attr else [])
     both = pd.concat([query, gallery], ignore_index=True)
     outputs = extract_features(feature_model(model, names), both["path"], height, width, batch_size,
                                desc=f"extracting features of {len(both)} images")
-    feats = outputs[layer].reshape(len(both), -1)
     nq = len(query)
     attr = attribute_vectors(outputs, attr_tasks) if needs_attr else None
-    reid = evaluate_embeddings(
-        feats[:nq], feats[nq:], query["identity"].to_numpy(), gallery["identity"].to_numpy(),
-        query["camera"].to_numpy(), gallery["camera"].to_numpy(), distance, rerank,
-        None if attr is None else attr[:nq], None if attr is None else attr[nq:], attr_weight, attr_alpha)
-    result = {"reid": {"feature_layer": layer, **reid}}
+    result = {}
+    if ranking:
+        feats = outputs[layer].reshape(len(both), -1)
+        reid = evaluate_embeddings(
+            feats[:nq], feats[nq:], query["identity"].to_numpy(), gallery["identity"].to_numpy(),
+            query["camera"].to_numpy(), gallery["camera"].to_numpy(), distance, rerank,
+            None if attr is None else attr[:nq], None if attr is None else attr[nq:], attr_weight, attr_alpha)
+        result["reid"] = {"feature_layer": layer, **reid}
     if attributes and attr_tasks:
         per_task = {t.name: evaluate_task(both[t.name].to_numpy(), class_probabilities(outputs[t.name], t), t)
                     for t in attr_tasks if t.name in both.columns}
