@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +57,7 @@ TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "tuner"  # keras-tuner's project folder inside the output folder
 SEARCH_FILE = "search.json"  # settings and fingerprint of the search, written when it starts
 RESULT_FILES = ("trials.csv", "best_config.yaml", "tuning.json")
+CHIEF_WAIT_S = 1800  # a worker waits this long for its chief (which prepares the data before it serves)
 
 # ---------------------------------------------------------------------------------------------
 # Search space
@@ -912,6 +914,24 @@ def prepare_out_dir(out: str | Path, settings: Mapping, resume: bool = False, ov
     return "new"
 
 
+def wait_for_chief(host: str, port: str | int, timeout_s: float = CHIEF_WAIT_S, poll_s: float = 1.0) -> None:
+    """Block until the chief accepts connections: it serves only after it prepared ``--out``.
+
+    Raises:
+        MtlError: no chief after ``timeout_s`` seconds.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=poll_s):
+                return
+        except OSError:
+            if time.time() >= deadline:
+                raise MtlError(f"worker: no chief at {host}:{port} after {timeout_s:.0f} s; start one with the same "
+                               "command and KERASTUNER_TUNER_ID=chief") from None
+            time.sleep(poll_s)
+
+
 def check_worker_settings(out: str | Path, settings: Mapping) -> None:
     """A worker's settings must be the chief's (read from ``search.json``, written before the chief serves)."""
     saved = Path(out) / SEARCH_FILE
@@ -1025,11 +1045,13 @@ def run_search(cfg: Config, out: str | Path, resume: bool = False, overwrite: bo
     if role == "worker":
         if resume or overwrite:
             print("worker: --resume / --overwrite are the chief's to apply; ignored here", flush=True)
+        host, port = os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"]
+        print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at {host}:{port} ...", flush=True)
+        # before building the tuner: that creates the keras-tuner folder in --out, and a chief that
+        # has not checked --out yet would take it for an earlier search and stop (workers then wait forever)
+        wait_for_chief(host, port)
         tuner = make_tuner(cfg.tune.tuner, hypermodel, objective, out, cfg.tune.max_trials, cfg.train.epochs,
                            seed=cfg.train.seed, overwrite=False)
-        print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at "
-              f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']} ...", flush=True)
-        tuner.oracle.get_space()  # blocks until the chief serves, i.e. after it wrote search.json
         check_worker_settings(out, settings)
         tuner.search(verbose=hypermodel.verbose)
         return {"role": "worker", "trials_run": len(tuner.memory_mb), "memory_mb": tuner.memory_mb}

@@ -275,30 +275,62 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_distributed_search_one_chief_two_workers(tmp_path, synthetic_root):
-    out = tmp_path / "dist"
-    argv = [sys.executable, str(REPO / "scripts" / "tune.py"), "--data", str(synthetic_root), "--tasks", "age,gender",
-            "--tuner", "random", "--max-trials", "4", "--epochs", "1", "--objective", "mA", "--out", str(out), *TINY]
+def test_a_worker_waits_for_its_chief_and_gives_up_with_a_clear_error():
+    from mtl.tuning import wait_for_chief
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        wait_for_chief("127.0.0.1", server.getsockname()[1], timeout_s=5)  # returns: someone serves
+    port = _free_port()
+    start = time.time()
+    with pytest.raises(MtlError, match=f"no chief at 127.0.0.1:{port}"):
+        wait_for_chief("127.0.0.1", port, timeout_s=0.5, poll_s=0.1)
+    assert time.time() - start < 5
+
+
+def _distributed_search(out: Path, argv: list[str], deadline_s: float) -> tuple[dict, dict] | None:
+    """Runs a chief and two workers on 127.0.0.1; ``(returncodes, outputs)``, or None when they
+    have not all ended within ``deadline_s`` (every process is killed then). Output goes to files,
+    not pipes: a process blocked on a full pipe that nobody reads would look like a hang."""
     port = str(_free_port())
     base = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port,
             "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    logs = {tuner_id: out.parent / f"{out.name}-{tuner_id}.log" for tuner_id in ("chief", "worker0", "worker1")}
     procs = {}
     try:
-        for tuner_id in ("chief", "worker0", "worker1"):
-            procs[tuner_id] = subprocess.Popen(argv, env={**base, "KERASTUNER_TUNER_ID": tuner_id}, cwd=REPO,
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 540
-        outputs = {}
-        for tuner_id, proc in procs.items():
-            outputs[tuner_id] = proc.communicate(timeout=max(1, deadline - time.time()))[0]
+        for tuner_id, log in logs.items():
+            with open(log, "w") as f:
+                procs[tuner_id] = subprocess.Popen([*argv, "--out", str(out)], cwd=REPO, stdout=f,
+                                                   stderr=subprocess.STDOUT, env={**base, "KERASTUNER_TUNER_ID": tuner_id})
+        deadline = time.time() + deadline_s
+        for proc in procs.values():
+            proc.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        return None
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for tuner_id, proc in procs.items():
-        assert proc.returncode == 0, f"{tuner_id} failed:\n{outputs[tuner_id][-3000:]}"
+    return {k: p.returncode for k, p in procs.items()}, {k: log.read_text() for k, log in logs.items()}
+
+
+@pytest.mark.slow
+def test_distributed_search_one_chief_two_workers(tmp_path, synthetic_root):
+    argv = [sys.executable, str(REPO / "scripts" / "tune.py"), "--data", str(synthetic_root), "--tasks", "age,gender",
+            "--tuner", "random", "--max-trials", "4", "--epochs", "1", "--objective", "mA", *TINY]
+    # about 1 min alone; keras-tuner has a rare end-of-search race in which a process never ends
+    # (keras-team/keras-tuner#645, #915; seen once here, in a loaded full-suite run): one fresh retry
+    for attempt in range(2):
+        out = tmp_path / f"dist{attempt}"
+        result = _distributed_search(out, argv, deadline_s=420)
+        if result is not None:
+            break
+    assert result is not None, "the distributed search did not end twice in a row"
+    codes, outputs = result
+    for tuner_id, code in codes.items():
+        assert code == 0, f"{tuner_id} failed:\n{outputs[tuner_id][-3000:]}"
     ran = {}
     for worker in ("worker0", "worker1"):
         line = [x for x in outputs[worker].splitlines() if x.startswith("worker done")]
