@@ -17,7 +17,7 @@ What is read (every file optional; a missing or unreadable one omits its section
 
 Training / evaluation run directory (written by ``mtl.experiment.train``):
 ``config.yaml``, ``command.txt``, ``tasks.json``, ``data.json``, ``model.json``,
-``history.json``, ``metrics.json`` (early-stopping epoch: ``["training"]["best_epoch"]``),
+``history.json``, ``metrics.json`` (the epoch kept: ``["training"]["kept_epoch"]``, else ``["best_epoch"]``),
 ``val_predictions.csv`` (``path``, ``<task>_true``, ``<task>_pred``, ``<task>_conf``; a true
 label of ``-1`` is missing and skipped), ``split.csv``.
 

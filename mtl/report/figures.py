@@ -99,7 +99,7 @@ def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: in
         history: ``history.json`` (per-epoch dicts with ``epoch``).
         key: training key (the validation key is ``"val_" + key``).
         title: panel title.
-        best_epoch: the epoch early stopping kept (a dashed vertical line), or ``None``.
+        best_epoch: the epoch the run kept (a dashed vertical line), or ``None``.
 
     Returns:
         A PNG data URI, or ``None`` when neither series has a value.

@@ -193,8 +193,8 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     metrics = rf.metrics or {}
     task_metrics = {k: v for k, v in (metrics.get("tasks") or {}).items() if isinstance(v, Mapping)}
     training = metrics.get("training") if isinstance(metrics.get("training"), Mapping) else {}
-    best_epoch = kept_epoch(training)
-    best_epoch = best_epoch if figures.finite(best_epoch) else None
+    kept = kept_epoch(training)
+    kept = kept if figures.finite(kept) else None
     specs = _task_specs(rf)
     thumbs = Thumbnailer(_image_roots(rf))
     ctx: dict[str, Any] = {"name": rf.name, "path": str(rf.path), "notes": list(rf.notes)}
@@ -258,12 +258,12 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
         for group, metric_keys in groups_to_plot:
             panels = []
             for metric, key in metric_keys:
-                uri = figures.curve_panel(rf.history, key, f"{group} · {metric}", best_epoch)
+                uri = figures.curve_panel(rf.history, key, f"{group} · {metric}", kept)
                 if uri:
                     panels.append({"title": f"{group} · {metric}", "uri": uri})
             if panels:
                 ctx["curves"].append({"title": group, "panels": panels})
-    ctx["best_epoch"] = best_epoch
+    ctx["kept_epoch"] = kept
     ctx["epochs"] = len(rf.history or [])
 
     # binary attributes together
@@ -480,7 +480,7 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
                          "trunk": (rf.model or {}).get("trunk") or (rf.config or {}).get("model", {}).get("trunk"),
                          "params": (rf.model or {}).get("params_total"),
                          "train_time": _duration(tr.get("train_time_s")), "epochs": tr.get("epochs_run"),
-                         "best_epoch": kept_epoch(tr), "mean_accuracy": s.get("mean_accuracy"),
+                         "kept_epoch": kept_epoch(tr), "mean_accuracy": s.get("mean_accuracy"),
                          "majority": s.get("mean_majority_accuracy"), "macro_f1": s.get("mean_macro_f1"),
                          "mA": s.get("mA"), "mAP": reid.get("mAP"), "rank1": reid.get("rank1"),
                          "command": next(iter(_reproduce(rf)), ("", None))[1],
