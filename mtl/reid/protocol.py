@@ -121,7 +121,7 @@ def evaluation_images(source, run_split: pd.DataFrame | None = None, run_root: s
         raise DataError(f"no labelled image left to evaluate in {source.root} ({what})")
     query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
     if query.empty:  # products, or people seen by one camera: attributes only
-        return query.iloc[:0], table.reset_index(drop=True), (
+        return query, table.reset_index(drop=True), (
             f"{what}: {len(table)} images, no identity seen by two cameras (no re-identification)")
     ids = table["identity"].nunique()
     return query, gallery, f"{what}: {ids} identities, {len(query)} queries, {len(gallery)} gallery images"
