@@ -212,8 +212,8 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
         model = build_model(data.tasks, **model_kwargs(cfg))
     write_model_summary(run_dir, model, cfg)
     weights = attribute_loss_weights(data.tasks, cfg.train.loss_weights)
-    callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience),
-                               monitor=monitor_for(data.tasks),
+    monitor = monitor_for(data.tasks)
+    callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience), monitor=monitor,
                                embedding_weight=embedding_loss_weight(data.tasks, cfg.train.loss_weights),
                                keep=cfg.train.keep, epochs=cfg.train.epochs)
     start = time.time()
@@ -243,7 +243,7 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
         metrics["reid"] = evaluate_holdout(model, data.val, cfg.data.image_height, cfg.data.image_width,
                                            cfg.train.batch_size, seed=cfg.data.split_seed)
     stopper = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
-    metrics["training"] = training_summary(run_dir, train_time, stopper)
+    metrics["training"] = training_summary(run_dir, train_time, monitor, stopper)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -290,14 +290,14 @@ def evaluate_model(model, tasks, table: pd.DataFrame, cfg: Config) -> tuple[dict
     return {"tasks": results, "summary": summarize(results), "num_images": int(len(table))}, frame
 
 
-def training_summary(run_dir: Path, train_time: float, stopper: keras.callbacks.EarlyStopping | None = None) -> dict:
+def training_summary(run_dir: Path, train_time: float, monitor: str,
+                     stopper: keras.callbacks.EarlyStopping | None = None) -> dict:
     """``train_time_s`` sums the epochs of every session of a resumed run (this session's wall time
-    when no history was written); ``best_epoch`` has the lowest monitored loss; ``kept_epoch`` is
-    the one whose weights the model holds: the best one when early stopping restored it
-    (``train.keep: best``), else the last."""
+    when no history was written); ``best_epoch`` has the lowest ``monitor`` (``monitor_for``);
+    ``kept_epoch`` is the one whose weights the model holds: the best one when early stopping
+    restored it (``train.keep: best``), else the last."""
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
-    monitor = lambda e: e.get("val_joint_loss", e.get("val_masked_loss", e.get("loss", np.inf)))  # noqa: E731
-    best = min(history, key=monitor, default=None)
+    best = min((e for e in history if monitor in e), key=lambda e: e[monitor], default=None)
     times = [e["time_s"] for e in history]
     restored = stopper is not None and stopper.best_weights is not None
     kept = stopper.best_epoch + 1 if restored else (history[-1]["epoch"] if history else None)

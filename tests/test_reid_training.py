@@ -136,9 +136,9 @@ def test_training_summary_names_the_epoch_the_model_holds(tmp_path):
 
     history = [{"epoch": e, "time_s": 10.0, "val_joint_loss": loss} for e, loss in [(1, 3.0), (2, 1.0), (3, 2.0)]]
     (tmp_path / "history.json").write_text(json.dumps(history))
-    summary = training_summary(tmp_path, 99.0, None)
+    summary = training_summary(tmp_path, 99.0, "val_joint_loss", None)
     assert (summary["best_epoch"], summary["kept_epoch"]) == (2, 3)
     assert summary["train_time_s"] == 30.0  # the epochs' own times: also right for a resumed run
     stopper = RunEarlyStopping(patience=5, restore_best_weights=True)
     stopper.best_epoch, stopper.best_weights = 1, [np.zeros(1)]
-    assert training_summary(tmp_path, 99.0, stopper)["kept_epoch"] == 2
+    assert training_summary(tmp_path, 99.0, "val_joint_loss", stopper)["kept_epoch"] == 2
