@@ -11,3 +11,7 @@ class DataError(MtlError):
 
 class ConfigError(MtlError):
     """A configuration key or value is unknown or invalid."""
+
+
+class WriteError(MtlError):
+    """A file or folder cannot be written (no space left, read-only file system, no permission)."""
