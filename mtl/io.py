@@ -224,3 +224,90 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per folder
+# ---------------------------------------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+def _lock_holder_writer(what: str):
+    """``on_acquired`` callback of ``folder_lock``: write who holds the lock into the lock file itself.
+
+    filelock opens an existing lock file without truncating it (its content belongs to the holder),
+    so a process refused the lock can read who holds it; a holder killed with -9 leaves its line
+    behind, but the kernel has dropped its lock, and the next holder overwrites the line.
+    """
+    import datetime
+
+    def write(fd: int) -> None:
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        line = json.dumps({"pid": os.getpid(), "what": what, "started": started}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode(), 0)
+
+    return write
+
+
+def lock_holder(folder: str | Path) -> str:
+    """Who holds ``folder``'s lock, in words: "process 1234 (search started 2025-01-31T10:00:00+00:00)".
+
+    Read from the lock file; "another process" when it says nothing usable (the holder is just
+    writing it, or an older version of this package wrote it).
+    """
+    try:
+        info = json.loads((Path(folder) / LOCK_NAME).read_text(encoding="utf-8").strip() or "{}")
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+    details = " ".join(str(info[key]) for key in ("what",) if info.get(key))
+    if info.get("started"):
+        details = f"{details} started {info['started']}".strip()
+    return f"process {pid} ({details})" if details else f"process {pid}"
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str = "run"):
+    """Hold an exclusive lock on ``folder`` while the block runs; refuse at once if another holds it.
+
+    Two processes writing the same folder at once (the same command started twice) would mix
+    their files; the second one stops with an error instead. The lock is ``filelock.FileLock`` on
+    ``folder/.lock``, which is ``flock`` on Unix: the kernel drops it when its process ends, so a
+    run killed with -9 never leaves a stale lock. The holder's pid, ``what`` and start time are
+    written into the lock file for the error message. Two ``folder_lock`` on one folder in one
+    process also exclude each other.
+
+    Args:
+        folder: the folder to lock; created when missing.
+        what: what the holder is doing ("search", "study", "training"), shown to a refused process.
+
+    Yields:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        MtlError: "runs/x is in use by process 1234 (search started ...): wait for it to finish or
+            stop it".
+        WriteError: the folder or its lock file cannot be created.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = make_folder(folder)
+    try:
+        lock = FileLock(folder / LOCK_NAME, blocking=False, on_acquired=_lock_holder_writer(what))
+    except TypeError:  # filelock < 4 has no on_acquired (and truncates the file): the holder goes unnamed
+        lock = FileLock(folder / LOCK_NAME, blocking=False)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise MtlError(f"{folder} is in use by {lock_holder(folder)}: wait for it to finish or stop it") from None
+    except OSError as e:
+        if e.errno == errno.ENOSYS:  # a file system without flock (some network mounts): nothing to lock with
+            yield folder
+            return
+        raise WriteError(f"cannot write {folder / LOCK_NAME}: {_reason(e)}") from None
+    try:
+        yield folder
+    finally:
+        lock.release()
