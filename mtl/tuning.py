@@ -676,38 +676,16 @@ def rss_mb() -> float:
 
 @contextlib.contextmanager
 def exclusive_folder(folder: str | Path, what: str = "search"):
-    """Hold an advisory lock on ``folder`` (``.lock`` inside it) while the block runs.
+    """Hold the lock on ``folder`` (``.lock`` inside it) while the block runs: ``mtl.io.folder_lock``.
 
     Two processes writing the same run folders at once (the same command started twice) would
-    mix their files; the second one stops with an error instead. The lock is the kernel's
-    (``flock``): it goes away with its process, so a killed run never leaves a stale lock.
-    Where ``fcntl`` is missing (Windows) nothing is locked.
+    mix their files; the second one stops with an ``MtlError`` naming the holder's pid instead. The
+    lock goes away with its process, so a killed run never leaves a stale lock.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
+    from mtl.io import folder_lock
+
+    with folder_lock(folder, what):
         yield
-        return
-    with open(folder / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise MtlError(f"{folder} is in use by {holder}: wait for it to finish (or stop it) before "
-                           f"running this {what} again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _gradient_registry() -> dict | None:
