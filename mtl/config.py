@@ -3,19 +3,41 @@
 Resolution order: dataclass defaults <- YAML (``--config``) <- command-line flags and ``--set``.
 The resolved config is saved as ``config.yaml`` in every run directory and reloads unchanged.
 Unknown keys are errors that list the valid ones (a typo must never be silently ignored).
+Every resolved config is validated (:func:`validate`: types, choices, ranges, task-name syntax)
+before any work starts, so a bad value is one line naming the key, the value and what is valid,
+not a traceback halfway through a run.
+
+No TensorFlow here: light commands import this module. The valid trunk and format names are
+therefore plain tuples (``TRUNK_NAMES``, ``FORMAT_NAMES``); tests hold them equal to the tables
+they mirror (``mtl.models.trunks.TRUNKS``, ``mtl.data.sources.FORMATS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from mtl.errors import ConfigError
+
+# Valid values of the choice keys. Mirrors of tables that live in TensorFlow-importing modules;
+# tests/test_config_validation.py fails if one drifts from its table.
+FORMAT_NAMES = ("market1501_course", "market1501", "fashion", "imaterialist")  # mtl.data.sources.FORMATS
+TRUNK_NAMES = ("resnet_small", "resnet18ish", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
+               "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2")  # mtl.models.trunks.TRUNKS
+HEADS = ("private", "public")  # mtl.models.heads.HEAD_TYPES
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+KEEP = ("best", "last")
+DISTRIBUTE = ("none", "mirrored")
+SAMPLERS = ("auto", "pk", "random")
+TUNERS = ("random", "bayesian", "hyperband")
+MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,9 @@ class TrainConfig:
     class_weighting: bool = False  # weight classes by inverse frequency (capped)
     label_smoothing: float = 0.0
     seed: int = 0
+    # make TensorFlow's ops deterministic (tf.config.experimental.enable_op_determinism): with the
+    # same seed, the same command on the same machine gives the same results, somewhat more slowly
+    deterministic: bool = False
     mixed_precision: bool = False  # GPU only: float16 compute
     jit_compile: bool = False  # XLA: slower on CPU, keep off there
     distribute: str = "none"  # none | mirrored
@@ -174,6 +199,8 @@ def _merge(obj, updates: Mapping[str, Any], prefix: str = ""):
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
+            if value is None:  # an empty section in YAML (``train:`` and nothing under it)
+                continue
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{full} is a section; give keys like {full}.<name>=value")
             changes[key] = _merge(current, value, prefix=f"{full}.")
@@ -189,7 +216,10 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(exc)})") from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -199,21 +229,327 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a nested dict.
+
+    Args:
+        path: the file.
+
+    Returns:
+        Its top-level mapping (empty for an empty file).
+
+    Raises:
+        ConfigError: one line naming the file when it is missing or unreadable, when its YAML
+            is malformed (with the line and column of the problem) or when its top level is not
+            a mapping.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML{_yaml_where(exc)}: {_yaml_problem(exc)}") from None
+    data = data or {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+        raise ConfigError(f"{p}: expected a mapping (key: value lines) at the top level, "
+                          f"got a {type(data).__name__}")
     return dict(data)
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C`` (1-based) of a YAML error that knows where it happened."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's description of the problem, on one line."""
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    text = f"{problem} ({context})" if problem and context else problem or context or str(exc)
+    return " ".join(text.split())
+
+
 def build_config(*layers: Mapping[str, Any] | None) -> Config:
-    """Defaults overridden by each layer in turn (nested dicts, as in YAML)."""
+    """Defaults overridden by each layer in turn (nested dicts, as in YAML), then validated.
+
+    Args:
+        *layers: nested dicts of overrides (``None`` or empty layers are skipped).
+
+    Returns:
+        The resolved, validated config.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or an invalid value (see ``validate``).
+    """
     cfg = Config()
     for layer in layers:
         if layer:
             cfg = _merge(cfg, layer)
+    return validate(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+# A rule takes a key's value (already of the declared type) and returns what is wrong with it,
+# or None; validate() prefixes the key and the value.
+Rule = Callable[[Any], "str | None"]
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _choice(values: tuple[str, ...]) -> Rule:
+    return lambda v: None if v in values else f"valid values: {', '.join(values)}"
+
+
+def _at_least(low: float, optional: bool = False) -> Rule:
+    none = "None or " if optional else ""
+    return lambda v: None if (v is None and optional) or (v is not None and v >= low) \
+        else f"must be {none}at least {_fmt(low)}"
+
+
+def _above(low: float, optional: bool = False) -> Rule:
+    none = "None or " if optional else ""
+    return lambda v: None if (v is None and optional) or (v is not None and v > low) \
+        else f"must be {none}greater than {_fmt(low)}"
+
+
+def _interval(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    """Inside ``[low, high]``, an end excluded where it is open (written as in mathematics)."""
+    text = f"{'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+
+    def check(v):
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return None if above and below else f"must be in {text}"
+
+    return check
+
+
+def _each(rule: Rule, nonempty: bool = False) -> Rule:
+    """Every element of a tuple satisfies ``rule``."""
+
+    def check(v):
+        if nonempty and not v:
+            return "needs at least one value"
+        for x in v:
+            problem = rule(x)
+            if problem:
+                return f"every value {problem}"
+        return None
+
+    return check
+
+
+def _weights(v: Mapping[str, float]) -> str | None:
+    """``{task: weight}``: task names as in ``tasks``, weights >= 0 (0 drops a task's loss)."""
+    for name, w in v.items():
+        if not name.isidentifier():
+            return f"{name!r} is not a task name"
+        if not w >= 0:
+            return f"the weight of {name} must be at least 0"
+    return None
+
+
+def _text(optional: bool = False) -> Rule:
+    return lambda v: None if (v is None and optional) or (v is not None and v.strip()) \
+        else "must not be empty"
+
+
+def task_names(text: str) -> list[str]:
+    """The names of a comma-separated task list (``"age, color"`` -> ``["age", "color"]``).
+
+    Args:
+        text: the list, as ``tasks`` or ``data.stratify`` hold it.
+
+    Returns:
+        The names, stripped, empty entries dropped.
+    """
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _names(optional: bool = False) -> Rule:
+    """A comma list of task names (syntax only: the dataset's task table is checked when it is read)."""
+
+    def check(v):
+        if v is None and optional:
+            return None
+        names = task_names(v)
+        if not names:
+            return "give at least one task name (comma-separated), an alias such as color, or all"
+        bad = [n for n in names if not n.isidentifier()]
+        if bad:
+            return f"{bad[0]!r} is not a task name (task names are letters, digits and _)"
+        return None
+
+    return check
+
+
+def _anything(v) -> None:
+    return None
+
+
+# Every key of Config and its rule; a test holds this table to the dataclasses' fields.
+RULES: dict[str, Rule] = {
+    "tasks": _names(),
+    "data.path": _text(optional=True),
+    "data.format": _choice(("auto",) + FORMAT_NAMES),
+    "data.image_height": _at_least(MIN_IMAGE_SIDE),
+    "data.image_width": _at_least(MIN_IMAGE_SIDE),
+    "data.val_fraction": _interval(0, 1, low_open=True, high_open=True),
+    "data.split_seed": _at_least(0),  # numpy's generators take no negative seed
+    "data.rare_threshold": _interval(0, 1, high_open=True),
+    "data.cache": _anything,
+    "data.max_images": _at_least(0),
+    "data.val_identities": _at_least(0),
+    "data.stratify": _names(optional=True),
+    "augment.flip": _anything,
+    "augment.pad_crop": _at_least(0),
+    "augment.color_jitter": _interval(0, 1),
+    "augment.random_erasing": _interval(0, 1),
+    "model.trunk": _choice(TRUNK_NAMES),
+    "model.weights": _text(optional=True),  # the file is looked for when the trunk is built
+    "model.width": _above(0),
+    "model.head": _choice(HEADS),
+    "model.public_units": _each(_at_least(1)),
+    "model.private_multipliers": _each(_at_least(1)),
+    "model.task_units": _at_least(1),
+    "model.dropout": _interval(0, 1, high_open=True),
+    "model.embedding_dim": _at_least(0),  # 0: the BN neck sits on the pooled features (BoT)
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.optimizer": _choice(OPTIMIZERS),
+    "train.learning_rate": _above(0),
+    "train.weight_decay": _at_least(0),
+    "train.trunk_lr_multiplier": _at_least(0),  # 0 holds the trunk's weights still
+    "train.freeze_trunk_epochs": _at_least(0),
+    "train.warmup_epochs": _at_least(0),
+    "train.schedule": _choice(SCHEDULES),
+    "train.step_epochs": _at_least(1),
+    "train.patience": _at_least(0, optional=True),
+    "train.keep": _choice(KEEP),
+    "train.loss_weights": _weights,
+    "train.class_weighting": _anything,
+    "train.label_smoothing": _interval(0, 1, high_open=True),
+    "train.seed": _at_least(0),
+    "train.deterministic": _anything,
+    "train.mixed_precision": _anything,
+    "train.jit_compile": _anything,
+    "train.distribute": _choice(DISTRIBUTE),
+    "train.steps_per_epoch": _at_least(0),
+    "train.sampler": _choice(SAMPLERS),
+    "train.p_identities": _at_least(0),
+    "train.k_images": _at_least(2),  # batch-hard triplets need two images of a person
+    "train.triplet_margin": _above(0, optional=True),
+    "train.id_label_smoothing": _interval(0, 1, high_open=True),
+    "train.center_loss": _at_least(0),
+    "tune.tuner": _choice(TUNERS),
+    "tune.max_trials": _at_least(1),
+    "tune.objective": _text(),  # resolved against the tasks' metrics by mtl.tuning
+    "tune.patience": _at_least(0, optional=True),
+    "tune.space": _anything,  # its keys and values are checked by mtl.tuning (they name search parameters)
+}
+
+
+def config_keys(cfg_type: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the config dataclasses, dotted, with its type annotation.
+
+    Args:
+        cfg_type: a config dataclass (default: the whole ``Config``).
+        prefix: prepended to each key.
+
+    Returns:
+        ``{"tasks": str, "data.path": str | None, ...}`` in declaration order.
+    """
+    hints = typing.get_type_hints(cfg_type)
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg_type):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.update(config_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys[f"{prefix}{f.name}"] = hints[f.name]
+    return keys
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """What is wrong with the type of ``value`` (a Config built in code bypasses ``_coerce``)."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        return _type_problem(value, next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return "expected a list of numbers"
+        return next((p for p in (_type_problem(x, args[0]) for x in value) if p), None)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            return "expected a mapping with names as keys"
+        return next((p for p in (_type_problem(x, args[1]) for x in value.values()) if p), None)
+    if annotation is Any:
+        return None
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "expected a finite number"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if not isinstance(value, annotation):
+        return f"expected a {annotation.__name__}"
+    return None
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check every key of ``cfg``: its type, its choices or range, and the task lists' syntax.
+
+    ``build_config`` calls it, so every way to a config (flags, ``--set``, YAML, a run's
+    ``config.yaml``, tuning and study trials) is checked before any image is read or any file
+    written. Task names are checked for syntax only; the dataset's task table is checked when the
+    data is read (``mtl.tasks.resolve``).
+
+    Args:
+        cfg: the resolved config.
+
+    Returns:
+        ``cfg`` itself, unchanged.
+
+    Raises:
+        ConfigError: the first problem, on one line naming the key, the value and what is valid,
+            e.g. ``train.epochs=-1: must be at least 1``.
+    """
+    for key, annotation in config_keys().items():
+        value = _get(cfg, key)
+        problem = _type_problem(value, annotation) or RULES[key](value)
+        if problem:
+            shown = list(value) if isinstance(value, tuple) else value  # as written in YAML or --set
+            raise ConfigError(f"{key}={shown!r}: {problem}")
+    train = cfg.train
+    # P x K batches (the identity task, unless train.sampler=random): batch-hard triplets need
+    # at least two people in a batch, or no negative exists
+    if "identity" in task_names(cfg.tasks) and train.sampler != "random":
+        if train.p_identities == 1:
+            raise ConfigError("train.p_identities=1: a P x K batch of the identity task needs at least 2 "
+                              "identities (0: batch_size // k_images)")
+        people = train.p_identities or train.batch_size // train.k_images
+        if people < 2:
+            raise ConfigError(
+                f"train.batch_size={train.batch_size}: with train.k_images={train.k_images} a P x K batch of "
+                f"the identity task holds {people} {'identity' if people == 1 else 'identities'}; it needs at "
+                f"least 2 (batch_size >= {2 * train.k_images}, or set train.p_identities)")
     return cfg
 
 

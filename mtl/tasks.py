@@ -60,19 +60,33 @@ def resolve(
     names: str | Sequence[str] | None,
     table: Mapping[str, TaskSpec],
     aliases: Mapping[str, Sequence[str]] | None = None,
+    also_valid: Sequence[str] = (),
 ) -> list[TaskSpec]:
     """Turn user task names (``"age,color"``) into the dataset's task specs, in table order.
 
     ``all`` (or ``None``) selects every attribute task of the table (``identity`` must be
-    named); ``aliases`` maps a short name to
-    several tasks (``color`` -> ``upcolor, downcolor``). An unknown name raises
-    ``ConfigError`` listing the valid ones.
+    named); ``aliases`` maps a short name to several tasks (``color`` -> ``upcolor, downcolor``).
+
+    Args:
+        names: a comma-separated string or a list of names; ``None`` means ``all``.
+        table: the dataset's tasks, ``{name: spec}``.
+        aliases: short names for several tasks of the table.
+        also_valid: names the caller resolves itself and has taken out of ``names`` (the
+            identity task, made after the split when the data has identities): they are only
+            listed among the valid names in errors.
+
+    Returns:
+        The selected task specs, each once, in table order.
+
+    Raises:
+        ConfigError: an unknown name, or no name at all; the message lists the valid names.
     """
     aliases = dict(aliases or {})
     if names is None:
         names = ["all"]
     if isinstance(names, str):
         names = [n for n in names.split(",")]
+    valid = ", ".join(sorted(set(table) | set(aliases) | set(also_valid) | {"all"}))
     wanted: list[str] = []
     for raw in names:
         name = raw.strip()
@@ -86,12 +100,11 @@ def resolve(
         elif name in table:
             expanded = [name]
         else:
-            valid = sorted(set(table) | set(aliases) | {"all"})
-            raise ConfigError(f"unknown task {name!r}; valid tasks for this dataset: {', '.join(valid)}")
+            raise ConfigError(f"unknown task {name!r}; valid tasks for this dataset: {valid}")
         for n in expanded:
             if n not in wanted:
                 wanted.append(n)
     if not wanted:
-        raise ConfigError("no task selected")
+        raise ConfigError(f"no task selected (tasks={','.join(names)!r}); valid tasks for this dataset: {valid}")
     order = list(table)
     return [table[n] for n in sorted(wanted, key=order.index)]

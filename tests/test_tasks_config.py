@@ -51,3 +51,19 @@ def test_patience_rule_from_the_seeds():
     assert patience_for(20, None) == 6
     assert patience_for(100, None) == 11
     assert patience_for(100, 3) == 3
+
+
+def test_unknown_task_lists_identity_where_the_data_can_train_it():
+    with pytest.raises(ConfigError) as e:
+        resolve("age,identiy", market_tasks(), MARKET_ALIASES, also_valid=("identity",))
+    assert "'identiy'" in str(e.value) and "identity," in str(e.value) and "upcolor" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        resolve("identiy", market_tasks(), MARKET_ALIASES)
+    assert "identity," not in str(e.value)
+
+
+@pytest.mark.parametrize("names", ["", " , ", []])
+def test_empty_task_list_is_an_error_listing_the_valid_names(names):
+    with pytest.raises(ConfigError) as e:
+        resolve(names, market_tasks(), MARKET_ALIASES, also_valid=("identity",))
+    assert "no task selected" in str(e.value) and "identity" in str(e.value) and "upcolor" in str(e.value)
