@@ -14,7 +14,16 @@ Which images are evaluated:
     is seen by two cameras (products: fashion, imaterialist) there is no re-identification: the
     images are evaluated for their attributes only.
 Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA) are computed on the
-same images (queries and gallery together).
+same images (queries and gallery together), for every task of the run or those of --tasks.
+
+Labels are those of the run's class table (tasks.json), matched by class name: another folder
+(or another part of the same collection) orders and groups its classes otherwise. A value the
+run has no class for counts as the run's "other" class when it has one, else as unknown (left
+out of the metrics); the command prints how many rows per task. Images the pipeline cannot
+decode are skipped, counted and named (the "skipped_images" of the evaluation).
+
+Before computing anything the command checks that the run's metrics.json can be read and that
+the run folder (and --out) can be written, so a long evaluation is never lost at the end.
 
 Re-identification: the descriptor is the BN-neck output "embedding" of the identity head (the
 pooled trunk features for a run without the identity task); distance cosine (default) or
@@ -35,15 +44,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mtl.cli import run_main  # noqa: E402
-from mtl.errors import DataError  # noqa: E402
+from mtl.errors import ConfigError, DataError, MtlError, WriteError  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the query/gallery split of a labelled folder "
                                             "(default: the run's data.split_seed)")
     p.add_argument("--batch-size", type=int, help="images per batch of feature extraction (default: the run's)")
+    p.add_argument("--tasks", help="comma-separated tasks of the run to evaluate (default: all of the run's tasks)")
     p.add_argument("--no-attributes", action="store_true", help="skip the attribute metrics")
     p.add_argument("--out", help="also write the evaluation to this JSON file")
     return p
@@ -76,34 +86,136 @@ def _line(name: str, m: dict) -> str:
             f"rank-10 {m['rank10']:.4f}  mINP {m['mINP']:.4f}")
 
 
+def check_outputs(model, run_tasks, run_dir, wanted: str | None = None) -> list:
+    """The run's tasks to evaluate, after checking that the model predicts each of them.
+
+    Args:
+        model: the run's model.
+        run_tasks: the run's task specs (``tasks.json``).
+        run_dir: the run folder (named in errors).
+        wanted: ``--tasks`` (comma-separated names or ``all``), or None for every task of the run.
+
+    Raises:
+        DataError: ``tasks.json`` and the model's outputs disagree (names both).
+        ConfigError: ``--tasks`` names a task the run's model does not predict (names both).
+    """
+    from mtl.reid.heads import CENTER, EMBEDDING
+
+    outputs = list(model.output_names)
+    names = [t.name for t in run_tasks]
+    extra = [o for o in outputs if o not in names and o not in (EMBEDDING, CENTER)]
+    if [n for n in names if n not in outputs] or extra:
+        raise DataError(f"{run_dir}: the model's outputs ({', '.join(outputs)}) do not match the tasks of "
+                        f"tasks.json ({', '.join(names)})")
+    if not wanted or wanted.strip() == "all":
+        return list(run_tasks)
+    asked = [n.strip() for n in wanted.split(",") if n.strip()]
+    unknown = [n for n in asked if n not in names]
+    if unknown or not asked:
+        raise ConfigError(f"--tasks {wanted}: the run {run_dir} has no task {', '.join(unknown) or '(none given)'}; "
+                          f"its model predicts {', '.join(names)}")
+    return [t for t in run_tasks if t.name in asked]
+
+
+def load_checked_run(run_dir: Path):
+    """``load_run``, with a corrupt or truncated ``model.keras`` reported as one line naming the file.
+
+    Keras reports a ``.keras`` file that is not a complete zip archive as "File not found"; the
+    archive is tested here first (every member's CRC: a few MB, well under a second).
+
+    Raises:
+        DataError: "cannot load model: <path>: <why>", or the run is incomplete.
+    """
+    from mtl.rundir import load_run
+
+    model_path = run_dir / "model.keras"
+    if model_path.is_file():
+        reason = None
+        try:
+            with zipfile.ZipFile(model_path) as archive:
+                broken = archive.testzip()
+            if broken is not None:
+                reason = f"member {broken} is corrupt"
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            reason = f"not a complete .keras (zip) archive, truncated or corrupt ({exc})"
+        if reason:
+            raise DataError(f"cannot load model: {model_path}: {reason}")
+    try:
+        return load_run(run_dir)
+    except MtlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a model it cannot rebuild
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"cannot load model: {model_path}: {type(exc).__name__}: {first}") from None
+
+
+def check_outputs_writable(run_dir: Path, out: str | None) -> dict:
+    """Before any work: read the run's ``metrics.json`` (the evaluation is added to it) and check
+    that the run folder (and ``--out``'s folder) can be written.
+
+    Returns:
+        The metrics read (``{}`` when the run has none).
+
+    Raises:
+        DataError: ``metrics.json`` exists but cannot be read or is not a JSON object.
+        WriteError: a folder the results go to cannot be written.
+    """
+    from mtl.io import ensure_writable
+    from mtl.rundir import RunDir
+
+    metrics = RunDir(run_dir).read_metrics()
+    if metrics is not None and not isinstance(metrics, dict):
+        raise DataError(f"cannot read {run_dir / 'metrics.json'}: expected a JSON object, got "
+                        f"{type(metrics).__name__}")
+    ensure_writable(run_dir)
+    if out:
+        if Path(out).is_dir():
+            raise WriteError(f"cannot write {out}: it is a folder (--out takes a JSON file name)")
+        ensure_writable(Path(out).parent)
+    return metrics or {}
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from mtl.data.sources import load_source
-    from mtl.experiment import load_run
-    from mtl.io import atomic_write_json
+    import pandas as pd
+
+    from mtl.data.pipeline import drop_unreadable
+    from mtl.data.relabel import load_for_run, unseen_summary
     from mtl.reid.protocol import evaluate_labelled, evaluation_images
+    from mtl.rundir import RunDir
 
     run_dir = Path(args.run)
+    metrics = check_outputs_writable(run_dir, args.out)
     print(f"loading run {run_dir}", flush=True)
-    run = load_run(run_dir)
+    run = load_checked_run(run_dir)
+    tasks = check_outputs(run.model, run.tasks, run_dir, args.tasks)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
-    source = load_source(root, args.format, rare_threshold=cfg.data.rare_threshold)
+    # labelled with the run's class table, by class name (another folder orders its classes otherwise)
+    source, unseen = load_for_run(root, args.format, tasks)
+    unseen_line = unseen_summary(unseen, tasks)
+    if unseen_line:
+        print(f"{root}: {unseen_line}", flush=True)
     seed = cfg.data.split_seed if args.seed is None else args.seed
     query, gallery, what = evaluation_images(source, run.split, run.data.get("root"), args.images, seed)
-    attr_names = [t.name for t in run.tasks if t.kind != "identity"]
-    missing = [n for n in attr_names if n not in source.tasks]
-    if missing:
-        raise DataError(f"{root} has no labels for the run's tasks {', '.join(missing)}")
+    query, skipped_query = drop_unreadable(query)
+    gallery, skipped_gallery = drop_unreadable(gallery)
+    skipped = pd.concat([skipped_query, skipped_gallery], ignore_index=True)
+    if len(skipped):
+        print(f"skipped {len(skipped)} image(s) the pipeline cannot decode, e.g. {skipped['path'][0]} "
+              f"({skipped['reason'][0]})", flush=True)
     print(f"evaluating on {root}: {what}", flush=True)
     start = time.time()
-    result = evaluate_labelled(run.model, run.tasks, query, gallery, cfg.data.image_height, cfg.data.image_width,
+    result = evaluate_labelled(run.model, tasks, query, gallery, cfg.data.image_height, cfg.data.image_width,
                                args.batch_size or cfg.train.batch_size, args.distance, args.rerank,
                                args.attr_weight, args.attr_alpha, attributes=not args.no_attributes)
     evaluation = {
         "data": str(source.root), "format": source.name, "images": what,
         "settings": {"images": args.images, "distance": args.distance, "rerank": args.rerank,
-                     "attr_weight": args.attr_weight, "attr_alpha": args.attr_alpha, "seed": seed},
+                     "attr_weight": args.attr_weight, "attr_alpha": args.attr_alpha, "seed": seed,
+                     "tasks": [t.name for t in tasks]},
+        "unseen_labels": unseen,
+        "skipped_images": skipped.to_dict("records"),
         **result, "time_s": round(time.time() - start, 1),
     }
 
@@ -131,14 +243,15 @@ def main(argv=None) -> int:
             print(f"  note: {note}")
 
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if "evaluation" in metrics:
         print(f"replacing the previous evaluation in {metrics_path} (data {metrics['evaluation'].get('data')}); "
               "training metrics are kept")
     metrics["evaluation"] = evaluation
-    atomic_write_json(metrics_path, metrics)
+    RunDir(run_dir).write_metrics(metrics)
     print(f"written: {metrics_path} (key 'evaluation')")
     if args.out:
+        from mtl.io import atomic_write_json
+
         atomic_write_json(args.out, evaluation)
         print(f"written: {args.out}")
     return 0

@@ -52,21 +52,33 @@ def main(argv=None) -> int:
         raise DataError(f"--top must be >= 1, got {args.top}")
     import numpy as np
 
-    from mtl.data.sources import load_source
+    from mtl.data.pipeline import drop_unreadable
+    from mtl.data.relabel import load_for_run
     from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
                                   rank_gallery, top_k_rows, write_classification_csv, write_reid_txt)
-    from mtl.experiment import load_run
+    from mtl.rundir import load_run
     from mtl.metrics import class_probabilities
-    from mtl.reid.embedding import embedding_layer_name, extract_features, feature_model
+    from mtl.inference import extract_features
+    from mtl.reid.embedding import embedding_layer_name, feature_model
 
     run = load_run(args.run)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
-    source = load_source(root, "market1501_course")
+    # the one reader of data for an existing run (labels, where read, follow the run's class table)
+    source, _ = load_for_run(root, "market1501_course", run.tasks, require_labels=False)
     gallery = source.subset("test")
     queries = source.subset("query")
     if gallery.empty:
         raise DataError(f"{root}: no test/ images to predict")
+    # a file the pipeline cannot decode would stop feature extraction: it is left out, and said so
+    gallery, skipped_gallery = drop_unreadable(gallery)
+    queries, skipped_queries = drop_unreadable(queries)
+    for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
+        if len(skipped):
+            print(f"{name}: skipped {len(skipped)} image(s) the pipeline cannot decode (no row / line for them): "
+                  + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
+    if gallery.empty:
+        raise DataError(f"{root}: no test/ image can be decoded")
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     h, w, batch = cfg.data.image_height, cfg.data.image_width, args.batch_size or cfg.train.batch_size

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from mtl.data.pipeline import augment_image, drop_unreadable, make_dataset
-from tests.fixtures_images import write_jpeg
+from tests.fixtures_images import write_jpeg, write_tf_unreadable, write_truncated_jpeg
 
 
 def _images(tmp_path, n=5):
@@ -23,8 +23,59 @@ def test_corrupt_images_are_dropped_with_a_counting_warning(tmp_path):
     truncated.write_bytes(open(paths[0], "rb").read()[:60])
     table = pd.DataFrame({"path": paths + [str(tmp_path / "bad.jpg"), str(truncated)]})
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        kept, bad = drop_unreadable(table)
-    assert list(kept["path"]) == paths and set(bad) == {str(tmp_path / "bad.jpg"), str(truncated)}
+        kept, skipped = drop_unreadable(table)
+    assert list(kept["path"]) == paths and set(skipped["path"]) == {str(tmp_path / "bad.jpg"), str(truncated)}
+
+
+def _mixed_table(tmp_path):
+    """Four valid JPEGs and three files the pipeline cannot decode, two of which Pillow reads."""
+    good = _images(tmp_path, 4)
+    bad = [str(write_tf_unreadable(tmp_path / "tiff.jpg", "tiff")),
+           str(write_tf_unreadable(tmp_path / "bmp1.jpg", "bmp1")),
+           str(write_truncated_jpeg(tmp_path / "cut.jpg"))]
+    order = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3]]
+    return pd.DataFrame({"path": order, "t": np.arange(len(order), dtype=np.int64)}), good, bad
+
+
+def test_files_pillow_reads_but_the_pipeline_cannot_are_skipped_counted_and_named(tmp_path):
+    from PIL import Image
+
+    table, good, bad = _mixed_table(tmp_path)
+    with Image.open(bad[0]) as im:  # the case of the bug: Pillow reads it, TensorFlow does not
+        im.convert("RGB").load()
+    with pytest.warns(UserWarning, match=r"skipped 3 unreadable image\(s\) of 7: .*tiff\.jpg"):
+        kept, skipped = drop_unreadable(table)
+    assert list(kept["path"]) == good and list(kept["t"]) == [0, 2, 4, 6]
+    assert list(skipped.columns) == ["path", "reason"] and list(skipped["path"]) == bad
+    reasons = dict(zip(skipped["path"], skipped["reason"]))
+    assert "Unknown image file format" in reasons[bad[0]]
+    assert all(r.startswith("InvalidArgumentError: ") and "\n" not in r and "{{" not in r and "[Op:" not in r
+               for r in reasons.values())
+
+
+def test_every_file_the_check_keeps_decodes_in_the_pipeline(tmp_path):
+    table, good, bad = _mixed_table(tmp_path)
+    with pytest.warns(UserWarning):
+        kept, _ = drop_unreadable(table)
+    ds = make_dataset(kept["path"], {"t": kept["t"].to_numpy(np.int32)}, 16, 8, batch_size=16, cache=False)
+    (images, y), = list(ds)  # nothing dropped by the pipeline's ignore_errors: the check agreed
+    assert images.shape[0] == len(kept) and list(y["t"].numpy()) == list(kept["t"])
+    # and the files it skipped are exactly those the pipeline cannot decode
+    for path in bad:
+        assert len(list(make_dataset([path], None, 16, 8, batch_size=1, cache=False))) == 0
+
+
+def test_all_readable_gives_an_empty_skipped_frame_and_no_warning(tmp_path):
+    import warnings
+
+    table = pd.DataFrame({"path": _images(tmp_path, 3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept, skipped = drop_unreadable(table)
+    assert len(kept) == 3 and skipped.empty and list(skipped.columns) == ["path", "reason"]
+    with pytest.warns(UserWarning, match="skipped 1"):
+        missing, skipped = drop_unreadable(pd.DataFrame({"path": [str(tmp_path / "gone.jpg")]}))
+    assert missing.empty and "NotFoundError" in skipped["reason"][0]
 
 
 def test_dataset_yields_resized_images_and_task_labels(tmp_path):
