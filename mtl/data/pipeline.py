@@ -7,48 +7,91 @@ pretrained trunk gets the scaling its weights expect. A training dataset yields
 
 from __future__ import annotations
 
+import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image
 
 from mtl.progress import progress
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+# The check resizes to this tiny size: decoding is what can fail and what costs; the resize is the
+# pipeline's own step, kept so that the check runs exactly ``decode_image``.
+CHECK_SIZE = 8
+_CHECK_BATCH = 256
+
+
+def _error_reason(exc: BaseException) -> str:
+    """One line for a decode failure: TensorFlow's message without its ``{{function_node ...}}`` prefix."""
+    message = getattr(exc, "message", None) or str(exc)
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip().splitlines()[0] if message.strip() else ""
+    message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message)  # eager ops append "[Op:DecodeImage] name:"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def _check_one(path: str) -> str | None:
+    """Decode one file eagerly with ``decode_image`` (the pipeline's decoder); the reason it fails, or None."""
     try:
-        with Image.open(path) as im:
-            im.convert("RGB").load()  # a full decode: truncated files fail here, not mid-epoch
+        decode_image(tf.constant(str(path)), CHECK_SIZE, CHECK_SIZE)
         return None
-    except Exception as exc:  # any decoder failure means the file is unusable
-        return f"{type(exc).__name__}: {exc}"
+    except (tf.errors.OpError, ValueError) as exc:  # any decoder failure means the pipeline cannot use the file
+        return _error_reason(exc)
 
 
-def find_unreadable(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
-    """Decode every image once; return ``{path: reason}`` for those that cannot be read."""
-    bad = {}
-    with ThreadPoolExecutor(workers) as pool:
-        for path, reason in progress(zip(paths, pool.map(_check_one, paths)), total=len(paths),
-                                     desc="checking images"):
-            if reason:
-                bad[path] = reason
-    return bad
+def find_unreadable(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
+    """Decode every image once with the pipeline's decoder; return ``{path: reason}`` for the failures.
+
+    One parallel ``tf.data`` pass runs ``decode_image`` (the function ``make_dataset`` and feature
+    extraction decode with) over the files and keeps the index of each one that decodes
+    (``ignore_errors``); the few files missing from that set are decoded once more, eagerly, for
+    their error message. So a file the check keeps is one the pipeline reads (a TIFF or a 1-bit BMP
+    named ``.jpg`` that Pillow opens is caught), and the check is as fast as one epoch's decoding.
+
+    Args:
+        paths: image files.
+        workers: parallel decode calls; default ``AUTOTUNE``.
+
+    Returns:
+        ``{path: "ErrorType: message"}`` for each file that cannot be decoded, in input order.
+    """
+    paths = list(map(str, paths))
+    if not paths:
+        return {}
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
+    # the output depends on the pixels, so graph optimisation cannot prune the decode away
+    ds = ds.map(lambda i, p: (i, tf.reduce_max(decode_image(p, CHECK_SIZE, CHECK_SIZE))),
+                num_parallel_calls=workers or AUTOTUNE)
+    ds = ds.ignore_errors().map(lambda i, _: i).batch(_CHECK_BATCH).prefetch(AUTOTUNE)
+    ok = np.zeros(len(paths), bool)
+    for batch in progress(ds, total=-(-len(paths) // _CHECK_BATCH), desc="checking images", min_items=20):
+        ok[batch.numpy()] = True
+    return {paths[i]: _check_one(paths[i]) or "cannot be decoded" for i in np.flatnonzero(~ok)}
 
 
-def drop_unreadable(table: pd.DataFrame, workers: int = 4) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Remove rows whose image cannot be decoded, with one warning that counts them."""
+def drop_unreadable(table: pd.DataFrame, workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Remove the rows whose image the pipeline cannot decode, with one warning that counts them.
+
+    Args:
+        table: a source table (a ``path`` column).
+        workers: parallel decode calls (``find_unreadable``).
+
+    Returns:
+        ``(kept, skipped)``: the table without those rows (index reset), and one row per skipped
+        file with the columns ``path`` and ``reason`` (empty when every image decodes; the caller
+        logs it).
+    """
     bad = find_unreadable(table["path"].tolist(), workers)
+    skipped = pd.DataFrame({"path": list(bad), "reason": list(bad.values())}, columns=["path", "reason"])
     if bad:
         examples = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
         warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(table)}: {examples}", stacklevel=2)
         table = table[~table["path"].isin(bad)].reset_index(drop=True)
-    return table, bad
+    return table, skipped
 
 
 def decode_image(path: tf.Tensor, height: int, width: int) -> tf.Tensor:
