@@ -1,371 +1,229 @@
-"""One training run, from a resolved ``Config`` to a run directory.
+"""One training run, from a resolved ``Config`` to a run directory: the top of the package.
 
-Run directory contents (each written atomically):
+This is the one place where a ``Config`` is turned into plain arguments (``data_args``,
+``dataset_args``, ``model_kwargs``, ``train_args``) for the library below it: data preparation
+(``mtl.data.prepare``), the builder (``mtl.models.builder``), the engine (``mtl.engine``), the
+run directory (``mtl.rundir``) and inference (``mtl.inference``). ``train`` is the function behind
+``mtl-train``; tuning and the task-set study use the same adapters and the same engine.
 
-* ``config.yaml``: the resolved config (``scripts/train.py --config`` accepts it unchanged);
-* ``command.txt``: the command line that produced the run;
-* ``tasks.json``: the task specs (names, kinds, classes) in output order;
-* ``data.json``: source format and folder, images / identities per split;
-* ``split.csv``: every image used, with its split (``train`` / ``val``);
-* ``model.json``: trunk, head, input shape, parameter counts, output names;
-* ``model.keras``: the trained model (the epoch ``train.keep`` chose), reloadable in a fresh process;
-* ``history.json``: per-epoch logs; ``checkpoints/``: best weights and the resume backup;
-* ``metrics.json``: validation metrics per task (accuracy, macro F1, per-class P/R/F1, mA);
-* ``val_predictions.csv``: per validation image, true / predicted class and confidence per task.
+Rules for the output folder (``mtl.rundir.plan``): a new folder trains; an unfinished run with the
+same resolved config resumes after its last finished epoch; a finished run or a different config
+is an error naming the keys that differ, unless ``overwrite``. A lock keeps a second process out.
+A command that fails before training starts changes nothing in an existing run and leaves no new
+folder: everything is checked and the data read before the first file is written.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
+import shutil
 import sys
-import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
-import pandas as pd
-import tensorflow as tf
 
-from mtl import tasks as task_lib
-from mtl.config import Config, patience_for, save_config
-from mtl.data.pipeline import drop_unreadable, labels_dict, make_dataset
-from mtl.data.sources import load_source
-from mtl.data.sources.base import SourceData
-from mtl.data.splits import split_by_identity
-from mtl.data.synthetic import ensure_synthetic
-from mtl.errors import ConfigError, DataError
-from mtl.io import atomic_path, atomic_write_json, atomic_write_text
-from mtl.losses import inverse_frequency_weights
-from mtl.progress import progress
-from mtl.metrics import class_probabilities, evaluate_task, summarize
-from mtl.models.builder import build_model, get_trunk, model_kwargs
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
-from mtl.training import (attribute_loss_weights, compile_model, fit_verbosity, make_callbacks, make_optimizer,
-                          embedding_loss_weight, trunk_phases, WarmupSchedule)
+from mtl.config import Config, patience_for, to_dict
+from mtl.data.prepare import PreparedData, datasets, prepare_data, uses_pk_sampler
+from mtl.errors import DataError
+from mtl.io import ensure_writable, folder_lock
+from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, DataInfo, ModelInfo, RunDir, clear, plan
+from mtl.tasks import BINARY, CATEGORICAL, IDENTITY
 
 
-@dataclass
-class PreparedData:
-    source: SourceData
-    tasks: list[TaskSpec]
-    train: pd.DataFrame
-    val: pd.DataFrame
+# ---------------------------------------------------------------------------------------------
+# Config -> plain arguments (the only place library arguments are read from a Config)
+# ---------------------------------------------------------------------------------------------
+
+def data_args(cfg: Config) -> dict:
+    """``mtl.data.prepare.prepare_data`` arguments."""
+    d = cfg.data
+    return {"root": d.path, "format": d.format, "tasks": cfg.tasks, "rare_threshold": d.rare_threshold,
+            "max_images": d.max_images, "split_seed": d.split_seed, "val_fraction": d.val_fraction,
+            "val_identities": d.val_identities, "stratify": d.stratify}
 
 
-def data_root(cfg: Config) -> Path:
-    """The data folder of the config, generating the embedded synthetic dataset when unset."""
-    return Path(cfg.data.path) if cfg.data.path else ensure_synthetic()
+def dataset_args(cfg: Config, repeat: bool = False) -> dict:
+    """``mtl.data.prepare.datasets`` arguments (besides the prepared data)."""
+    a, t = cfg.augment, cfg.train
+    return {"height": cfg.data.image_height, "width": cfg.data.image_width, "batch_size": t.batch_size,
+            "augment": {"flip": a.flip, "pad_crop": a.pad_crop, "color_jitter": a.color_jitter,
+                        "random_erasing": a.random_erasing},
+            "sampler": t.sampler, "p_identities": t.p_identities, "k_images": t.k_images,
+            "center_loss": t.center_loss > 0, "cache": cfg.data.cache, "seed": t.seed, "repeat": repeat}
 
 
-def prepare_data(cfg: Config) -> PreparedData:
-    """Read the source, resolve the tasks, drop unreadable images and split by identity.
-
-    The identity task (``--tasks identity,...``) is made after the split: its classes are the
-    training split's identities (``mtl.reid.heads.identity_task``). Without attribute tasks (and
-    without ``data.stratify``) the split is stratified on all the dataset's attributes, so
-    ``--tasks identity`` and ``--tasks identity,all`` hold out the same people.
-    ``data.val_identities`` holds out an exact number of identities.
-    """
-    source = load_source(data_root(cfg), cfg.data.format, rare_threshold=cfg.data.rare_threshold)
-    names = [n.strip() for n in cfg.tasks.split(",") if n.strip()]
-    want_identity = IDENTITY in names and IDENTITY not in source.tasks
-    rest = [n for n in names if n != IDENTITY] if want_identity else names
-    tasks = task_lib.resolve(rest, source.tasks, source.aliases) if rest else []
-    labelled = source.subset("train")
-    if cfg.data.max_images:
-        ids = np.random.default_rng(cfg.data.split_seed).permutation(labelled["identity"].unique())
-        counts = labelled.groupby("identity").size().loc[ids].cumsum()
-        keep = counts.index[counts <= cfg.data.max_images]
-        labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
-    labelled, _ = drop_unreadable(labelled)
-    if cfg.data.stratify:
-        stratify = [t.name for t in task_lib.resolve(cfg.data.stratify, source.tasks, source.aliases)
-                    if t.kind != IDENTITY]
-    else:
-        stratify = [t.name for t in tasks if t.kind != IDENTITY]
-        if want_identity and not stratify:
-            stratify = [n for n, t in source.tasks.items() if t.kind != IDENTITY]
-    fraction = cfg.data.val_fraction
-    if cfg.data.val_identities:
-        num_ids = labelled["identity"].nunique()
-        if not 0 < cfg.data.val_identities < num_ids:
-            raise ConfigError(f"data.val_identities={cfg.data.val_identities}: must be between 1 and "
-                              f"{num_ids - 1} (the data has {num_ids} identities)")
-        fraction = cfg.data.val_identities / num_ids
-    train, val = split_by_identity(labelled, stratify, fraction, cfg.data.split_seed)
-    if want_identity:
-        tasks.append(identity_task_for(train))
-    return PreparedData(source, tasks, train, val)
+def model_kwargs(cfg: Config) -> dict:
+    """``mtl.models.builder.build_model`` arguments (besides the tasks)."""
+    m = cfg.model
+    return {"input_shape": (cfg.data.image_height, cfg.data.image_width, 3), "trunk": m.trunk,
+            "weights": m.weights, "width": m.width, "head": m.head, "public_units": m.public_units,
+            "private_multipliers": m.private_multipliers, "task_units": m.task_units, "dropout": m.dropout,
+            "embedding_dim": m.embedding_dim, "center_loss": cfg.train.center_loss > 0}
 
 
-def identity_task_for(train: pd.DataFrame) -> TaskSpec:
-    """The identity task of a training split; a clear error when the data cannot train it."""
-    from mtl.reid.heads import identity_task
+def train_args(cfg: Config, data: PreparedData | None = None):
+    """``mtl.engine.TrainArgs`` of the config; class weights need the prepared training split."""
+    from mtl.engine import TrainArgs
 
-    ids = train["identity"][train["identity"] >= 0]
-    if ids.nunique() < 2 or ids.value_counts().median() < 2:
-        raise DataError("the identity task needs identities with several images each; this data has "
-                        f"{ids.nunique()} known identities for {len(train)} training images")
-    return identity_task(ids)
-
-
-def task_labels(table: pd.DataFrame, tasks, center_loss: bool = False) -> dict[str, np.ndarray]:
-    """``{output: int32 labels}`` for the model's outputs: attribute columns, and for the identity
-    task the index of each row's identity among its classes (``-1`` if none) for each of its outputs."""
-    from mtl.reid.heads import identity_targets
-
-    labels = labels_dict(table, [t.name for t in tasks if t.kind != IDENTITY])
-    for spec in tasks:
-        if spec.kind == IDENTITY:
-            labels.update(identity_targets(table["identity"], spec, center_loss))
-    return labels
+    t = cfg.train
+    return TrainArgs(
+        epochs=t.epochs, optimizer=t.optimizer, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        trunk_lr_multiplier=t.trunk_lr_multiplier, freeze_trunk_epochs=t.freeze_trunk_epochs,
+        warmup_epochs=t.warmup_epochs, schedule=t.schedule, step_epochs=t.step_epochs,
+        patience=patience_for(t.epochs, t.patience), keep=t.keep, loss_weights=dict(t.loss_weights),
+        class_weights=class_weights_for(data) if t.class_weighting and data is not None else None,
+        label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, triplet_margin=t.triplet_margin,
+        id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss)
 
 
-def uses_pk_sampler(cfg: Config, tasks) -> bool:
-    """P x K batches: with the identity task unless ``train.sampler=random``."""
-    if cfg.train.sampler not in ("auto", "pk", "random"):
-        raise ConfigError(f"unknown train.sampler {cfg.train.sampler!r}; valid: auto, pk, random")
-    has_identity = any(t.kind == IDENTITY for t in tasks)
-    if cfg.train.sampler == "pk" and not has_identity:
-        raise ConfigError("train.sampler=pk needs the identity task (--tasks identity,...)")
-    return has_identity and cfg.train.sampler != "random"
+def prepare(cfg: Config) -> PreparedData:
+    """The run's data: source, tasks, unreadable images dropped, split by identity."""
+    return prepare_data(**data_args(cfg))
 
 
-def datasets(cfg: Config, data: PreparedData, repeat: bool = False):
-    """Training and validation datasets; with the identity task, training batches are P x K
-    (``mtl.data.sampler``, infinite: train with ``steps_per_epoch``)."""
-    h, w = cfg.data.image_height, cfg.data.image_width
-    aug = {"flip": cfg.augment.flip, "pad_crop": cfg.augment.pad_crop, "color_jitter": cfg.augment.color_jitter,
-           "random_erasing": cfg.augment.random_erasing}
-    center = cfg.train.center_loss > 0
-    train_labels = task_labels(data.train, data.tasks, center)
-    if uses_pk_sampler(cfg, data.tasks):
-        from mtl.data.sampler import pk_dataset, pk_shape
-
-        p, k = pk_shape(cfg.train.batch_size, cfg.train.p_identities, cfg.train.k_images)
-        identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
-        train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, h, w, aug,
-                              seed=cfg.train.seed)
-    else:
-        train_ds = make_dataset(data.train["path"], train_labels, h, w, cfg.train.batch_size, training=True,
-                                augment=aug, cache=cfg.data.cache, seed=cfg.train.seed, repeat=repeat)
-    val_ds = make_dataset(data.val["path"], task_labels(data.val, data.tasks, center), h, w, cfg.train.batch_size,
-                          cache=cfg.data.cache)
-    return train_ds, val_ds
+def steps_per_epoch(cfg: Config, data: PreparedData) -> tuple[int, bool]:
+    """``(steps, fixed)``: optimizer steps per epoch, and whether each epoch runs exactly that many
+    (P x K batches are infinite; so is the training data with ``train.steps_per_epoch``)."""
+    steps = cfg.train.steps_per_epoch or math.ceil(len(data.train) / cfg.train.batch_size)
+    return steps, bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg.train.sampler, data.tasks)
 
 
 def class_weights_for(data: PreparedData) -> dict:
+    from mtl.losses import inverse_frequency_weights
+
     return {t.name: inverse_frequency_weights(data.train[t.name].to_numpy(), t.num_classes)
             for t in data.tasks if t.kind in (BINARY, CATEGORICAL)}
 
 
-def compile_for(model, cfg: Config, data: PreparedData, steps_per_epoch: int, trainable_trunk: bool = True):
-    t = cfg.train
-    schedule = WarmupSchedule(t.learning_rate, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch,
-                              t.schedule, t.step_epochs * steps_per_epoch)
-    trunk = get_trunk(model)
-    trunk.trainable = trainable_trunk
-    optimizer = make_optimizer(t.optimizer, schedule, t.weight_decay, t.trunk_lr_multiplier,
-                               [v.path for v in trunk.trainable_variables])
-    compile_model(model, data.tasks, optimizer, t.loss_weights,
-                  class_weights_for(data) if t.class_weighting else None, t.label_smoothing, t.jit_compile,
-                  identity_options={"triplet_margin": t.triplet_margin, "label_smoothing": t.id_label_smoothing,
-                                    "center_loss": t.center_loss})
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
 
-
-def strategy_for(cfg: Config):
-    if cfg.train.distribute == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if cfg.train.distribute != "none":
-        raise ValueError(f"unknown distribute {cfg.train.distribute!r}; valid: none, mirrored")
-    return tf.distribute.get_strategy()
-
-
-def train(cfg: Config, run_dir: str | Path, command: str | None = None) -> dict:
+def train(cfg: Config, run_dir: str | Path, command: str | None = None, overwrite: bool = False,
+          log=print) -> dict:
     """Train a model for ``cfg`` into ``run_dir`` and evaluate it on the validation split.
 
-    Rerunning into the same folder after an interruption resumes from the last finished epoch.
+    Args:
+        cfg: the resolved (validated) config.
+        run_dir: the output folder (rules: module docstring).
+        command: the command line recorded in the run (default: ``sys.argv``).
+        overwrite: start afresh over an existing run in ``run_dir``.
+        log: where progress lines go (``print``; ``None`` for quiet).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
+
+    Raises:
+        MtlError: the folder cannot be used, the data cannot train the tasks, a file cannot be written.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.train.seed)
+    log = log or (lambda *a, **k: None)
+    run = RunDir(run_dir)
+    command = command or shlex.join(sys.argv)
+    config = to_dict(cfg)
+    plan(run.path, config, overwrite)  # fail early, before reading any image
+    existed = run.path.exists()
+    ensure_writable(run.path)
+    data = prepare(cfg)  # reads the source and checks every image: nothing is written before this
+    created = not existed
+    try:
+        with folder_lock(run.path, "training"):
+            mode = plan(run.path, config, overwrite)  # again, under the lock
+            if mode == NEW and run.status() is not None:
+                clear(run.path)
+            if mode == RESUME:
+                data = _same_labels_as_run(run, data)
+            log(f"{'resuming' if mode == RESUME else 'training'} into {run.path}", flush=True)
+            metrics = _train_locked(cfg, run, data, command, mode, log)
+            created = False  # a run exists now: never removed
+            return metrics
+    finally:
+        if created and run.path.is_dir() and not run.file(HISTORY).is_file():
+            shutil.rmtree(run.path, ignore_errors=True)  # failed before its first epoch: leave no folder
+
+
+def _same_labels_as_run(run: RunDir, data: PreparedData) -> PreparedData:
+    """A resumed run trains on the class table it started with (by name): the data may have changed."""
+    from mtl.data.relabel import relabel
+
+    saved = {t.name: t for t in run.read_tasks()}
+    new = {t.name: t for t in data.tasks}
+    if set(saved) != set(new):
+        raise DataError(f"{run.path} was trained on tasks {', '.join(saved)}; the data now gives "
+                        f"{', '.join(new)}: pass --overwrite to start afresh")
+    attributes = [t for t in data.tasks if t.kind != IDENTITY]
+    run_attributes = [saved[t.name] for t in attributes]
+    train, _ = relabel(data.train, attributes, run_attributes)
+    val, _ = relabel(data.val, attributes, run_attributes)
+    return PreparedData(data.source, [saved[t.name] for t in data.tasks], train, val, data.skipped)
+
+
+def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mode: str, log) -> dict:
+    import keras
+
+    from mtl import engine
+    from mtl.inference import evaluate_model
+    from mtl.models.builder import build_model
+
+    seed_run(cfg)
     if cfg.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "command.txt", (command or shlex.join(sys.argv)) + "\n")
-
-    data = prepare_data(cfg)
-    write_data_files(run_dir, cfg, data)
-    steps = cfg.train.steps_per_epoch or math.ceil(len(data.train) / cfg.train.batch_size)
-    train_ds, val_ds = datasets(cfg, data, repeat=bool(cfg.train.steps_per_epoch))
-    fixed_steps = bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg, data.tasks)  # P x K: infinite
-
-    strategy = strategy_for(cfg)
+    run.begin_session(command)
+    if mode == NEW:
+        run.write_config(cfg)
+        run.write_command(command)
+    write_data_files(run, cfg, data)
+    steps, fixed = steps_per_epoch(cfg, data)
+    train_ds, val_ds = datasets(data, **dataset_args(cfg, repeat=bool(cfg.train.steps_per_epoch)))
+    strategy = engine.strategy_for(cfg.train.distribute)
     with strategy.scope():
         model = build_model(data.tasks, **model_kwargs(cfg))
-    write_model_summary(run_dir, model, cfg)
-    weights = attribute_loss_weights(data.tasks, cfg.train.loss_weights)
-    monitor = monitor_for(data.tasks)
-    callbacks = make_callbacks(run_dir, weights, patience_for(cfg.train.epochs, cfg.train.patience), monitor=monitor,
-                               embedding_weight=embedding_loss_weight(data.tasks, cfg.train.loss_weights),
-                               keep=cfg.train.keep, epochs=cfg.train.epochs)
-    start = time.time()
-    for first, last, trunk_trainable in trunk_phases(cfg.train.freeze_trunk_epochs, cfg.train.epochs):
-        with strategy.scope():
-            compile_for(model, cfg, data, steps, trainable_trunk=trunk_trainable)
-        with warnings.catch_warnings():
-            # the first epoch of a dataset of unknown length ends by running out of data: expected
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            # unfreezing the trunk gives the optimizer more variables than the backup saved at the
-            # end of the frozen phase: its weights restore, its (heads-only) moments start afresh
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
-                      steps_per_epoch=steps if fixed_steps else None, shuffle=False,
-                      callbacks=callbacks, verbose=fit_verbosity())
-        if model.stop_training:
-            break
-    train_time = time.time() - start
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(str(tmp))
-    metrics, predictions = evaluate_model(model, data.tasks, data.val, cfg)
-    with atomic_path(run_dir / "val_predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
+    run.write_model_info(model_info(model, cfg))
+    result = engine.fit(model, data.tasks, train_ds, val_ds, train_args(cfg, data), steps, fixed,
+                        paths=run.engine_paths(), strategy=strategy)
+    run.save_model(model)
+    h, w, batch = cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size
+    metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch)
+    run.write_csv(PREDICTIONS, predictions)
     if any(t.kind == IDENTITY for t in data.tasks):
         from mtl.reid.protocol import evaluate_holdout
 
-        metrics["reid"] = evaluate_holdout(model, data.val, cfg.data.image_height, cfg.data.image_width,
-                                           cfg.train.batch_size, seed=cfg.data.split_seed)
-    stopper = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
-    metrics["training"] = training_summary(run_dir, train_time, monitor, stopper)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+        metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed)
+    summary = run.training_summary(result.monitor, result.kept_epoch, result.train_time_s)
+    metrics["training"] = {k: v for k, v in vars(summary).items()}
+    run.write_metrics(metrics)
+    run.finish()
     return metrics
 
 
-def monitor_for(tasks) -> str:
-    """What early stopping and the best checkpoint watch: the masked attribute loss; with an
-    identity task as well, that plus the embedding's triplet loss on the held-out people (the
-    attributes alone start to overfit while the embedding still improves); identity-only runs
-    watch the training loss (validation identities are not the classifier's classes)."""
-    attributes = any(t.kind in (BINARY, CATEGORICAL) for t in tasks)
-    if attributes and any(t.kind == IDENTITY for t in tasks):
-        return "val_joint_loss"
-    return "val_masked_loss" if attributes else "loss"
+def seed_run(cfg: Config) -> None:
+    """Seed every generator of a run from ``train.seed`` (and make ops deterministic on request)."""
+    try:
+        from mtl.reproducibility import seed_everything
+    except ImportError:  # pragma: no cover - until the module lands
+        import keras
+
+        keras.utils.set_random_seed(cfg.train.seed)
+        return
+    seed_everything(cfg.train.seed, getattr(cfg.train, "deterministic", False))
 
 
-def predict_outputs(model, paths, cfg: Config, batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Run the model over images batch by batch; returns ``{output: array}`` (bounded memory)."""
-    paths = list(paths)
-    ds = make_dataset(paths, None, cfg.data.image_height, cfg.data.image_width,
-                      batch_size or cfg.train.batch_size, cache=False)
-    chunks: dict[str, list] = {}
-    size = batch_size or cfg.train.batch_size
-    for batch in progress(ds, total=math.ceil(len(paths) / size), desc="predicting", min_items=20):
-        out = model(batch, training=False)
-        for k, v in out.items():
-            chunks.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+def model_info(model, cfg: Config) -> ModelInfo:
+    """``model.json`` of a built model."""
+    from mtl.models.builder import get_trunk
 
-
-def evaluate_model(model, tasks, table: pd.DataFrame, cfg: Config) -> tuple[dict, pd.DataFrame]:
-    """Per-task metrics on labelled images, and a table of true / predicted class and confidence
-    per image and task (what reports show as examples)."""
-    outputs = predict_outputs(model, table["path"], cfg)
-    results = {}
-    frame = table[["path", "identity", "camera"]].copy()
-    for spec in tasks:
-        if spec.kind not in (BINARY, CATEGORICAL):
-            continue
-        probs = class_probabilities(outputs[spec.name], spec)
-        results[spec.name] = evaluate_task(table[spec.name].to_numpy(), probs, spec)
-        frame[f"{spec.name}_true"] = table[spec.name].to_numpy()
-        frame[f"{spec.name}_pred"] = probs.argmax(1)
-        frame[f"{spec.name}_conf"] = probs.max(1).round(4)
-    return {"tasks": results, "summary": summarize(results), "num_images": int(len(table))}, frame
-
-
-def training_summary(run_dir: Path, train_time: float, monitor: str,
-                     stopper: keras.callbacks.EarlyStopping | None = None) -> dict:
-    """``train_time_s`` sums the epochs of every session of a resumed run (this session's wall time
-    when no history was written); ``best_epoch`` has the lowest ``monitor`` (``monitor_for``);
-    ``kept_epoch`` is the one whose weights the model holds: the best one when early stopping
-    restored it (``train.keep: best``), else the last."""
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
-    best = min((e for e in history if monitor in e), key=lambda e: e[monitor], default=None)
-    times = [e["time_s"] for e in history]
-    restored = stopper is not None and stopper.best_weights is not None
-    kept = stopper.best_epoch + 1 if restored else (history[-1]["epoch"] if history else None)
-    return {"train_time_s": round(float(np.sum(times)) if times else train_time, 1), "epochs_run": len(history),
-            "best_epoch": best["epoch"] if best else None, "kept_epoch": kept,
-            "mean_epoch_time_s": round(float(np.mean(times)), 1) if times else None}
-
-
-def write_model_summary(run_dir: Path, model, cfg: Config) -> None:
     count = lambda variables: int(sum(np.prod(v.shape) for v in variables))  # noqa: E731
-    trunk = get_trunk(model)
-    atomic_write_json(run_dir / "model.json", {
-        "trunk": cfg.model.trunk, "weights": cfg.model.weights, "head": cfg.model.head,
-        "input_shape": [cfg.data.image_height, cfg.data.image_width, 3],
-        "params_total": count(model.weights), "params_trainable": count(model.trainable_weights),
-        "params_trunk": count(trunk.weights), "outputs": list(model.output_names),
-    })
+    return ModelInfo(trunk=cfg.model.trunk, weights=cfg.model.weights, head=cfg.model.head,
+                     input_shape=[cfg.data.image_height, cfg.data.image_width, 3], outputs=list(model.output_names),
+                     params_total=count(model.weights), params_trainable=count(model.trainable_weights),
+                     params_trunk=count(get_trunk(model).weights))
 
 
-def write_data_files(run_dir: Path, cfg: Config, data: PreparedData) -> None:
-    atomic_write_json(run_dir / "tasks.json", [t.to_dict() for t in data.tasks])
-    atomic_write_json(run_dir / "data.json", {
-        "format": data.source.name, "root": data.source.root,
-        "embedded_default": cfg.data.path is None,
-        "splits": {name: {"images": int(len(df)), "identities": int(df["identity"].nunique())}
-                   for name, df in (("train", data.train), ("val", data.val))},
-    })
-    split = pd.concat([data.train.assign(split="train"), data.val.assign(split="val")])
-    with atomic_path(run_dir / "split.csv") as tmp:
-        split[["path", "identity", "camera", "split"]].to_csv(tmp, index=False)
-
-
-@dataclass
-class LoadedRun:
-    """What later commands (evaluate, predict) need from a run directory."""
-
-    run_dir: Path
-    config: Config
-    tasks: list[TaskSpec]
-    model: keras.Model
-    data: dict  # data.json
-    split: pd.DataFrame | None  # split.csv (path, identity, camera, split)
-
-    def data_root(self) -> Path:
-        """The folder the run was trained on (the embedded default is regenerated if it is gone)."""
-        root = self.data.get("root") or self.config.data.path
-        if root and Path(root).is_dir():
-            return Path(root)
-        if self.data.get("embedded_default") or not self.config.data.path:
-            return ensure_synthetic()
-        raise DataError(f"{self.run_dir}: the run's data folder {root} is gone; give --data")
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Read a finished run: resolved config, task specs, trained model, data description and split.
-
-    Raises:
-        DataError: the folder is not a finished run (names the missing file).
-    """
-    from mtl.config import build_config, load_yaml
-    from mtl.models.builder import load_model
-
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "tasks.json", "model.keras"):
-        if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir}: not a finished run ({name} missing)")
-    tasks = [TaskSpec.from_dict(d) for d in json.loads((run_dir / "tasks.json").read_text())]
-    data = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").is_file() else {}
-    split = pd.read_csv(run_dir / "split.csv") if (run_dir / "split.csv").is_file() else None
-    return LoadedRun(run_dir, build_config(load_yaml(run_dir / "config.yaml")), tasks,
-                     load_model(run_dir / "model.keras"), data, split)
+def write_data_files(run: RunDir, cfg: Config, data: PreparedData) -> None:
+    """``tasks.json``, ``data.json``, ``split.csv`` and ``skipped_images.csv`` of a run."""
+    run.write_tasks(data.tasks)
+    info = DataInfo(format=data.source.name, root=str(data.source.root), embedded_default=cfg.data.path is None,
+                    splits={name: {"images": int(len(df)), "identities": int(df["identity"].nunique())}
+                            for name, df in (("train", data.train), ("val", data.val))},
+                    skipped=int(len(data.skipped)))
+    run.write_data(info, data.train, data.val, data.skipped)

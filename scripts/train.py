@@ -27,7 +27,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["public", "private"], help="public: shared hidden layers; private: per-task")
     p.add_argument("--epochs", type=int, help="maximum number of epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="images per batch")
-    p.add_argument("--out", help="run directory (default runs/<date>-<tasks>); rerun the same --out to resume")
+    p.add_argument("--out", help="run directory (default runs/<date>-<tasks>); rerun the same command into the same "
+                   "--out to resume an interrupted run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into an --out that holds a finished run or one with another config")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="OUT",
                    help="at the end, render the HTML report of the run (default reports/<run name>/index.html, "
                         "or OUT: an .html file or a folder); same as running scripts/report.py on the run")
@@ -41,8 +44,7 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.tasks.replace(',', '-')}")
     from mtl.experiment import train
 
-    print(f"run directory: {out}", flush=True)
-    metrics = train(cfg, out)
+    metrics = train(cfg, out, overwrite=args.overwrite)
     summary = metrics["summary"]
     for name, r in metrics["tasks"].items():
         print(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from mtl.errors import ConfigError
-from mtl.training import AtomicBestCheckpoint, RunEarlyStopping, make_callbacks
+from mtl.callbacks import AtomicBestCheckpoint, RunEarlyStopping
+from mtl.engine import RunPaths, TrainArgs, run_callbacks
+from mtl.tasks import TaskSpec
 
 
 class ScriptedScore(keras.callbacks.Callback):
@@ -96,9 +98,11 @@ def test_the_best_checkpoint_keeps_an_earlier_sessions_best(tmp_path):
 
 
 def test_keep_last_trains_without_early_stopping_and_rejects_unknown_choices(tmp_path):
-    callbacks = make_callbacks(tmp_path, {"age": 1.0}, patience=2, keep="last")
+    tasks = [TaskSpec("age", ("young", "old"), "binary")]
+    paths = RunPaths(tmp_path / "history.json", tmp_path / "best.weights.h5", tmp_path / "backup")
+    callbacks = run_callbacks(tasks, TrainArgs(epochs=3, patience=2, keep="last"), paths)
     assert not any(isinstance(c, keras.callbacks.EarlyStopping) for c in callbacks)
     assert any(isinstance(c, AtomicBestCheckpoint) for c in callbacks)  # the best epoch is still saved
-    assert any(isinstance(c, RunEarlyStopping) for c in make_callbacks(tmp_path, {"age": 1.0}, patience=2))
+    assert any(isinstance(c, RunEarlyStopping) for c in run_callbacks(tasks, TrainArgs(epochs=3, patience=2), paths))
     with pytest.raises(ConfigError, match="train.keep"):
-        make_callbacks(tmp_path, {"age": 1.0}, patience=2, keep="final")
+        run_callbacks(tasks, TrainArgs(epochs=3, patience=2, keep="final"), paths)

@@ -86,7 +86,7 @@ def test_help_documents_every_flag():
     (["--tasks", "age,colour"], "unknown task 'colour'"),
     (["--data", "/nonexistent/folder"], "data folder not found"),
     (["--set", "train.epoch=3"], "unknown config key 'train.epoch'"),
-    (["--trunk", "resnet_999"], "unknown trunk 'resnet_999'"),
+    (["--trunk", "resnet_999"], "model.trunk='resnet_999': valid values"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
     result = run_train(*args, "--out", str(tmp_path / "run"), "--epochs", "1", *TINY, timeout=120)

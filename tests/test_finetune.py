@@ -5,10 +5,10 @@ import keras
 import numpy as np
 
 from mtl.config import build_config
-from mtl.experiment import PreparedData, compile_for
-from mtl.models.builder import build_model, get_trunk, model_kwargs
+from mtl.engine import compile_model, trunk_phases
+from mtl.experiment import model_kwargs, train_args
+from mtl.models.builder import build_model, get_trunk
 from mtl.tasks import TaskSpec
-from mtl.training import trunk_phases
 
 TASKS = [TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("color", ("r", "g", "b"))]
 
@@ -19,11 +19,10 @@ def _setup(**train):
                         "model": {"width": 0.25, "private_multipliers": [4, 2]},
                         "train": {"epochs": 2, "warmup_epochs": 0, "learning_rate": 0.05, **train}})
     model = build_model(TASKS, **model_kwargs(cfg))
-    data = PreparedData(source=None, tasks=TASKS, train=None, val=None)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 16, 3)).astype(np.float32)
     y = {"hat": rng.integers(0, 2, 16), "color": rng.integers(-1, 3, 16)}
-    return cfg, model, data, x, y
+    return cfg, model, x, y
 
 
 def _snapshot(variables):
@@ -31,8 +30,8 @@ def _snapshot(variables):
 
 
 def test_frozen_trunk_keeps_weights_and_batchnorm_statistics_while_heads_learn():
-    cfg, model, data, x, y = _setup()
-    compile_for(model, cfg, data, steps_per_epoch=2, trainable_trunk=False)
+    cfg, model, x, y = _setup()
+    compile_model(model, TASKS, train_args(cfg), steps_per_epoch=2, trainable_trunk=False)
     trunk = get_trunk(model)
     trunk_before = _snapshot(trunk.weights)  # includes BatchNorm moving mean / variance
     heads_before = _snapshot(model.trainable_weights)
@@ -44,8 +43,8 @@ def test_frozen_trunk_keeps_weights_and_batchnorm_statistics_while_heads_learn()
 def test_unfrozen_trunk_learns_with_a_lower_learning_rate():
     moves = {}
     for multiplier in (1.0, 0.01):
-        cfg, model, data, x, y = _setup(trunk_lr_multiplier=multiplier, optimizer="sgd", weight_decay=0.0)
-        compile_for(model, cfg, data, steps_per_epoch=2, trainable_trunk=True)
+        cfg, model, x, y = _setup(trunk_lr_multiplier=multiplier, optimizer="sgd", weight_decay=0.0)
+        compile_model(model, TASKS, train_args(cfg), steps_per_epoch=2, trainable_trunk=True)
         trunk = get_trunk(model)
         kernel = trunk.get_layer("stem_conv").kernel
         before = np.asarray(kernel).copy()

@@ -8,7 +8,8 @@ from mtl.errors import ConfigError
 from mtl.models.builder import build_model, get_trunk, load_model
 from mtl.models.trunks import TRUNKS, build_trunk
 from mtl.tasks import TaskSpec
-from mtl.training import make_optimizer, compile_model
+from mtl.engine import compile_losses as compile_model
+from mtl.optim import make_optimizer
 
 TASKS = [TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("color", ("r", "g", "b", "multi"))]
 SMALL = {"input_shape": (32, 16, 3), "width": 0.25}

@@ -10,7 +10,8 @@ from mtl.reid.embedding import (embedding_layer_name, embedding_model, extract_e
                                 feature_model)
 from mtl.reid.heads import embedding_labels, identity_labels, identity_task, identity_targets
 from mtl.tasks import TaskSpec
-from mtl.training import compile_model, make_optimizer
+from mtl.engine import compile_losses as compile_model
+from mtl.optim import make_optimizer
 
 SMALL = {"input_shape": (32, 16, 3), "width": 0.25}
 IDENTITY = TaskSpec("identity", ("3", "8", "12", "40"), "identity")

@@ -12,8 +12,9 @@ import pytest
 from fixtures_images import write_jpeg
 from mtl.config import build_config
 from mtl.errors import ConfigError
-from mtl.experiment import datasets, prepare_data, train, uses_pk_sampler
-from mtl.reid.embedding import extract_features
+from mtl.data.prepare import datasets, uses_pk_sampler
+from mtl.experiment import dataset_args, prepare, train
+from mtl.inference import extract_features
 from mtl.tasks import TaskSpec
 
 
@@ -29,24 +30,24 @@ def _cfg(root, **sections):
 
 
 def test_identity_task_classes_are_the_training_people(synthetic_root):
-    data = prepare_data(_cfg(synthetic_root, data={"val_identities": 5}))
+    data = prepare(_cfg(synthetic_root, data={"val_identities": 5}))
     assert [t.name for t in data.tasks] == ["identity"]
     spec = data.tasks[0]
     assert data.val["identity"].nunique() == 5
     assert sorted(int(c) for c in spec.classes) == sorted(data.train["identity"].unique())
     # the same people are held out with and without attribute tasks (stratified on all attributes)
-    joint = prepare_data(_cfg(synthetic_root, tasks="identity,all", data={"val_identities": 5}))
+    joint = prepare(_cfg(synthetic_root, tasks="identity,all", data={"val_identities": 5}))
     assert set(joint.val["identity"]) == set(data.val["identity"])
     assert [t.name for t in joint.tasks][-1] == "identity" and len(joint.tasks) == 13
     with pytest.raises(ConfigError, match="val_identities"):
-        prepare_data(_cfg(synthetic_root, data={"val_identities": 24}))
+        prepare(_cfg(synthetic_root, data={"val_identities": 24}))
 
 
 def test_datasets_give_p_by_k_batches_and_labels_for_every_output(synthetic_root):
     cfg = _cfg(synthetic_root, tasks="identity,hat", train={"k_images": 4, "center_loss": 1e-3})
-    data = prepare_data(cfg)
-    assert uses_pk_sampler(cfg, data.tasks)
-    train_ds, val_ds = datasets(cfg, data)
+    data = prepare(cfg)
+    assert uses_pk_sampler(cfg.train.sampler, data.tasks)
+    train_ds, val_ds = datasets(data, **dataset_args(cfg))
     images, labels = next(iter(train_ds))
     assert images.shape == (16, 32, 16, 3)
     assert set(labels) == {"hat", "identity", "embedding", "center"}
@@ -59,9 +60,9 @@ def test_datasets_give_p_by_k_batches_and_labels_for_every_output(synthetic_root
     assert (val_labels == -1).all() and (val_codes >= data.tasks[-1].num_classes).all()
     assert len(np.unique(val_codes)) == data.val["identity"].nunique()
     random_cfg = _cfg(synthetic_root, train={"sampler": "random"})
-    assert not uses_pk_sampler(random_cfg, data.tasks)
+    assert not uses_pk_sampler(random_cfg.train.sampler, data.tasks)
     with pytest.raises(ConfigError, match="identity task"):
-        uses_pk_sampler(_cfg(synthetic_root, train={"sampler": "pk"}), data.tasks[:1])
+        uses_pk_sampler("pk", data.tasks[:1])
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_extraction_memory_is_the_outputs_plus_one_batch(tmp_path):
 
 def test_identity_only_runs_log_no_masked_loss():
     # with no attribute task there is no masked attribute loss; a 0 would make epoch 1 look best
-    from mtl.training import MaskedLossLogger
+    from mtl.callbacks import MaskedLossLogger
 
     logs = {"loss": 3.0, "val_loss": 2.0, "identity_xent": 1.0}
     MaskedLossLogger({}).on_epoch_end(0, logs)
@@ -110,8 +111,8 @@ def test_identity_only_runs_log_no_masked_loss():
 def test_attribute_and_identity_runs_stop_on_the_joint_validation_loss():
     # the attributes alone plateau while the embedding still improves (measured on Market: the
     # masked loss's best epoch was 8 of 15, the triplet loss on held-out people fell to the end)
-    from mtl.experiment import monitor_for
-    from mtl.training import MaskedLossLogger, embedding_loss_weight
+    from mtl.callbacks import MaskedLossLogger
+    from mtl.engine import embedding_loss_weight, monitor_for
 
     hat, ident = TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("identity", tuple("abc"), "identity")
     assert monitor_for([hat]) == "val_masked_loss"
@@ -131,14 +132,12 @@ def test_attribute_and_identity_runs_stop_on_the_joint_validation_loss():
 def test_training_summary_names_the_epoch_the_model_holds(tmp_path):
     # a run that trains its whole schedule (train.keep: last, no stopper) keeps the last epoch even
     # when an earlier one had the lowest validation loss; with early stopping the best is restored
-    from mtl.experiment import training_summary
-    from mtl.training import RunEarlyStopping
+    from mtl.rundir import RunDir
 
     history = [{"epoch": e, "time_s": 10.0, "val_joint_loss": loss} for e, loss in [(1, 3.0), (2, 1.0), (3, 2.0)]]
     (tmp_path / "history.json").write_text(json.dumps(history))
-    summary = training_summary(tmp_path, 99.0, "val_joint_loss", None)
-    assert (summary["best_epoch"], summary["kept_epoch"]) == (2, 3)
-    assert summary["train_time_s"] == 30.0  # the epochs' own times: also right for a resumed run
-    stopper = RunEarlyStopping(patience=5, restore_best_weights=True)
-    stopper.best_epoch, stopper.best_weights = 1, [np.zeros(1)]
-    assert training_summary(tmp_path, 99.0, "val_joint_loss", stopper)["kept_epoch"] == 2
+    summary = RunDir(tmp_path).training_summary("val_joint_loss", None, 99.0)
+    assert (summary.best_epoch, summary.kept_epoch) == (2, 3)
+    assert summary.train_time_s == 30.0  # the epochs' own times: also right for a resumed run
+    # with early stopping the engine reports the restored epoch
+    assert RunDir(tmp_path).training_summary("val_joint_loss", 2, 99.0).kept_epoch == 2

@@ -10,22 +10,17 @@ Descriptors are L2-normalised by default (``extract_embeddings(normalize=True)``
 distance is then ``|a - b|^2 / 2`` and the Euclidean distance ranks the gallery the same way.
 Pass ``normalize=False`` to measure the raw Euclidean distance of the neck's output.
 
-Extraction runs batch by batch into arrays allocated once: a gallery of ``N`` images needs its
-``N x D`` descriptors plus one batch of images, whatever ``N``.
+Extraction is ``mtl.inference.extract_features`` (bounded memory).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from mtl.data.pipeline import AUTOTUNE, decode_image
-from mtl.errors import DataError
-from mtl.progress import progress
+from mtl.inference import extract_features
 from mtl.reid.heads import EMBEDDING
 
 POOL = "pool"  # the global pooling layer of mtl.models.builder
@@ -56,56 +51,6 @@ def feature_model(model: keras.Model, outputs: Sequence[str]) -> keras.Model:
     """The sub-model image -> ``{name: output of layer name}`` for the named layers (shared weights)."""
     return keras.Model(model.input, {name: model.get_layer(name).output for name in outputs},
                        name=f"{model.name}_features")
-
-
-def image_batches(paths: Sequence[str], height: int, width: int, batch_size: int) -> tf.data.Dataset:
-    """Decoded, resized images in order, batched (no augmentation, no cache, nothing skipped)."""
-    ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
-    ds = ds.map(lambda p: decode_image(p, height, width), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
-
-
-def extract_features(model: keras.Model, paths: Sequence[str], height: int, width: int, batch_size: int = 64,
-                     desc: str = "extracting features") -> dict[str, np.ndarray]:
-    """Run ``model`` over images batch by batch; returns ``{output: float32 (N, ...)}``.
-
-    The output arrays are allocated once, after the first batch; memory is the outputs plus one
-    batch. A progress bar shows on a terminal (``MTL_PROGRESS`` forces it on or off).
-
-    Args:
-        model: a model with a single image input and one output or a dict of outputs.
-        paths: image files, in the order of the returned rows.
-        height, width: the model's input size.
-        batch_size: images per batch.
-        desc: label of the progress bar.
-
-    Raises:
-        DataError: an image cannot be decoded (its path is not known to tf.data; the batch is).
-    """
-    paths = list(map(str, paths))
-    if not paths:
-        raise DataError("no images to extract features from")
-    outputs: dict[str, np.ndarray] = {}
-    start = 0
-    batches = image_batches(paths, height, width, batch_size)
-    try:
-        for batch in progress(batches, total=math.ceil(len(paths) / batch_size), desc=desc, min_items=10):
-            result = model.predict_on_batch(batch)
-            if not isinstance(result, dict):
-                result = {"output": result}
-            n = None
-            for name, value in result.items():
-                value = np.asarray(value, dtype=np.float32)
-                if name not in outputs:
-                    outputs[name] = np.empty((len(paths),) + value.shape[1:], dtype=np.float32)
-                outputs[name][start:start + len(value)] = value
-                n = len(value)
-            start += n
-    except tf.errors.InvalidArgumentError as exc:
-        first = paths[start] if start < len(paths) else "?"
-        raise DataError(f"cannot decode an image of the batch starting at {first}: {exc.message.splitlines()[0]}") \
-            from None
-    return outputs
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

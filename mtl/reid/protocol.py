@@ -261,7 +261,8 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
     Raises:
         DataError: no query and no attribute metrics: nothing to evaluate.
     """
-    from mtl.reid.embedding import embedding_layer_name, extract_features, feature_model
+    from mtl.inference import extract_features
+    from mtl.reid.embedding import embedding_layer_name, feature_model
 
     attr_tasks = [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
     ranking = not query.empty

@@ -23,7 +23,7 @@ from mtl.errors import DataError
 from mtl.io import atomic_write_text
 from mtl.report import figures, tables
 from mtl.report.examples import MAX_GALLERY, MAX_QUERIES, PER_GROUP, prediction_examples, retrieval_examples
-from mtl.report.rundir import RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
+from mtl.rundir import RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
 from mtl.report.thumbnails import Thumbnailer
 
 __all__ = ["render_report", "render_comparison", "report_command", "detect_kind", "output_path",

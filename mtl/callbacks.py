@@ -1,161 +1,23 @@
-"""Compile and fit: optimisers with a lower trunk learning rate, warm-up + cosine/step schedules,
-task-keyed masked losses and metrics, and the callbacks a long run needs (early stopping on the
-true masked validation loss, best checkpoint, resume after interruption, stop on NaN, history
-written atomically every epoch).
+"""The callbacks of a training run: the masked validation loss (and the joint loss with an identity
+embedding), early stopping and the best checkpoint that survive resumes and fit phases, history
+written atomically every epoch, and resume after an interruption (atomic backup).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import keras
 import numpy as np
-from keras import ops
 
-from mtl.errors import ConfigError
 from mtl.io import atomic_path, atomic_write_json
-from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
-from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
 from mtl.reid.heads import EMBEDDING
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
 KEEP = ("best", "last")  # which epoch's weights a run ends with
-
-
-@keras.saving.register_keras_serializable(package="mtl")
-class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ``base_lr / 10`` over ``warmup_steps``, then cosine decay to 1% of
-    ``base_lr`` at ``total_steps``, or a step decay (x0.1 every ``step_size`` steps), or constant.
-    """
-
-    def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-                 step_size: int = 0):
-        if kind not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
-        self.base_lr = float(base_lr)
-        self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = max(0, int(warmup_steps))
-        self.kind = kind
-        self.step_size = int(step_size)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warm = float(self.warmup_steps)
-        base = self.base_lr
-        if self.kind == "cosine":
-            progress = ops.clip((step - warm) / max(1.0, self.total_steps - warm), 0.0, 1.0)
-            lr = base * (0.01 + 0.99 * 0.5 * (1 + ops.cos(math.pi * progress)))
-        elif self.kind == "step" and self.step_size > 0:
-            lr = base * ops.power(0.1, ops.floor(ops.maximum(step - warm, 0.0) / self.step_size))
-        else:
-            lr = base * ops.ones_like(step)
-        if self.warmup_steps:
-            ramp = base * (0.1 + 0.9 * ops.minimum(step / warm, 1.0))
-            lr = ops.where(step < warm, ramp, lr)
-        return lr
-
-    def get_config(self):
-        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "kind": self.kind, "step_size": self.step_size}
-
-
-def _with_trunk_lr(base):
-    """An optimizer class whose updates of trunk variables use ``lr * trunk_lr_multiplier``.
-
-    Keras has no per-layer learning rate; trunk variables are recognised by their paths, which
-    are stable across save/reload.
-    """
-
-    class TrunkLR(base):
-        def __init__(self, trunk_lr_multiplier: float = 1.0, trunk_paths: Sequence[str] = (), **kwargs):
-            super().__init__(**kwargs)
-            self.trunk_lr_multiplier = float(trunk_lr_multiplier)
-            self.trunk_paths = list(trunk_paths)
-            self._trunk_set = set(self.trunk_paths)
-
-        def update_step(self, gradient, variable, learning_rate):
-            # backends hand over their raw variable: map it back to the Keras variable and its path
-            path = self._trainable_variables[self._get_variable_index(variable)].path
-            if self.trunk_lr_multiplier != 1.0 and path in self._trunk_set:
-                learning_rate = ops.multiply(learning_rate, self.trunk_lr_multiplier)
-            return super().update_step(gradient, variable, learning_rate)
-
-        def get_config(self):
-            return {**super().get_config(), "trunk_lr_multiplier": self.trunk_lr_multiplier,
-                    "trunk_paths": self.trunk_paths}
-
-    TrunkLR.__name__ = TrunkLR.__qualname__ = f"TrunkLR{base.__name__}"
-    return keras.saving.register_keras_serializable(package="mtl")(TrunkLR)
-
-
-TrunkLRAdam = _with_trunk_lr(keras.optimizers.Adam)
-TrunkLRAdamW = _with_trunk_lr(keras.optimizers.AdamW)
-TrunkLRSGD = _with_trunk_lr(keras.optimizers.SGD)
-
-
-def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0, trunk_lr_multiplier: float = 1.0,
-                   trunk_paths: Sequence[str] = ()) -> keras.optimizers.Optimizer:
-    """Adam, AdamW or SGD with Nesterov momentum 0.9; ``learning_rate`` may be a schedule."""
-    common = {"learning_rate": learning_rate, "trunk_lr_multiplier": trunk_lr_multiplier,
-              "trunk_paths": list(trunk_paths), "clipnorm": 5.0}
-    if name == "adam":
-        return TrunkLRAdam(**common)
-    if name == "adamw":
-        return TrunkLRAdamW(weight_decay=weight_decay, **common)
-    if name == "sgd":
-        return TrunkLRSGD(momentum=0.9, nesterov=True, weight_decay=weight_decay or None, **common)
-    raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-
-
-def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[float]] | None = None,
-                label_smoothing: float = 0.0, triplet_margin: float | None = 0.3,
-                identity_options: Mapping | None = None) -> dict:
-    """``{output name: loss}`` for the tasks (identity adds its embedding's metric loss).
-
-    ``identity_options`` are keyword arguments of ``mtl.reid.losses.identity_losses``
-    (triplet_margin, label_smoothing, center_loss); by default only ``triplet_margin`` is given.
-    """
-    class_weights = class_weights or {}
-    losses = {}
-    for spec in tasks:
-        if spec.kind == BINARY:
-            losses[spec.name] = MaskedBinaryCrossentropy(class_weights.get(spec.name), label_smoothing)
-        elif spec.kind == CATEGORICAL:
-            losses[spec.name] = MaskedSparseCategoricalCrossentropy(class_weights.get(spec.name), label_smoothing)
-        elif spec.kind == IDENTITY:
-            from mtl.reid.losses import identity_losses
-
-            losses.update(identity_losses(spec, **(identity_options or {"triplet_margin": triplet_margin})))
-    return losses
-
-
-def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
-    return {s.name: [MaskedAccuracy(name="accuracy"), MaskedCrossentropy(name="xent")] for s in tasks}
-
-
-def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], optimizer, loss_weights: Mapping[str, float] | None = None,
-                  class_weights=None, label_smoothing: float = 0.0, jit_compile: bool = False,
-                  identity_options: Mapping | None = None) -> None:
-    """Compile with task-keyed losses, loss weights (default 1) and masked metrics.
-
-    ``identity_options``: keyword arguments of ``mtl.reid.losses.identity_losses``.
-    """
-    losses = task_losses(tasks, class_weights, label_smoothing, identity_options=identity_options)
-    loss_weights = dict(loss_weights or {})
-    unknown = set(loss_weights) - set(losses)
-    if unknown:
-        raise ConfigError(f"loss weights for unknown outputs {sorted(unknown)}; outputs: {', '.join(losses)}")
-    model.compile(optimizer=optimizer, loss=losses,
-                  loss_weights={name: float(loss_weights.get(name, 1.0)) for name in losses},
-                  metrics=task_metrics(tasks), jit_compile=jit_compile)
-
 
 class MaskedLossLogger(keras.callbacks.Callback):
     """Adds ``masked_loss`` / ``val_masked_loss``: the loss-weighted sum of each task's masked
@@ -346,51 +208,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                           {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
-def trunk_phases(freeze_trunk_epochs: int, epochs: int, initial_epoch: int = 0) -> list[tuple[int, int, bool]]:
-    """The ``(first_epoch, last_epoch, trunk_trainable)`` fit calls of a fine-tuning run: the heads
-    alone for the first ``freeze_trunk_epochs``, then everything; empty phases are left out."""
-    split = max(initial_epoch, min(freeze_trunk_epochs, epochs))
-    phases = [(initial_epoch, split, False), (split, epochs, True)]
-    return [(first, last, trainable) for first, last, trainable in phases if last > first]
-
-
 def fit_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
-
-
-def make_callbacks(run_dir: Path, loss_weights: Mapping[str, float], patience: int,
-                   monitor: str = "val_masked_loss", resume: bool = True,
-                   embedding_weight: float | None = None, keep: str = "best", epochs: int | None = None) -> list:
-    """The callbacks of a run. ``keep="best"``: early stopping, and the model ends with the
-    weights of its lowest ``monitor`` epoch; ``keep="last"``: the whole schedule runs and the
-    model keeps its final weights. Either way ``checkpoints/best.weights.h5`` holds the best epoch.
-    ``epochs``: the run's last epoch over all its fit calls (the best weights are restored after it)."""
-    if keep not in KEEP:
-        raise ConfigError(f"unknown train.keep {keep!r}; valid: {', '.join(KEEP)}")
-    run_dir = Path(run_dir)
-    history, best = run_dir / "history.json", run_dir / "checkpoints" / "best.weights.h5"
-    stopping = [RunEarlyStopping(monitor=monitor, mode="min", patience=patience, restore_best_weights=True,
-                                 min_delta=1e-4, epochs=epochs, history_path=history, weights_path=best)
-                ] if keep == "best" else []
-    callbacks = [
-        MaskedLossLogger(loss_weights, embedding_weight),
-        keras.callbacks.TerminateOnNaN(),
-        *stopping,
-        AtomicBestCheckpoint(best, monitor, history_path=history),
-        HistoryWriter(history),
-    ]
-    if resume:
-        # saves weights, optimizer and epoch each epoch; a rerun continues from there
-        callbacks.append(AtomicBackupAndRestore(str(run_dir / "checkpoints" / "backup"), delete_checkpoint=False))
-    return callbacks
-
-
-def embedding_loss_weight(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> float | None:
-    """Weight of the embedding's metric loss in ``joint_loss``; None without an identity task."""
-    return float(loss_weights.get(EMBEDDING, 1.0)) if any(t.kind == IDENTITY for t in tasks) else None
-
-
-def attribute_loss_weights(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> dict:
-    """Weights of the attribute tasks' masked losses (what ``masked_loss`` sums)."""
-    return {t.name: float(loss_weights.get(t.name, 1.0)) for t in tasks if t.kind in (BINARY, CATEGORICAL)}

@@ -1,0 +1,197 @@
+"""Source + tasks + split for a run, and its tf.data datasets, from plain arguments.
+
+``prepare_data`` reads the on-disk format into one table, resolves the task names, drops the
+images the pipeline cannot decode and splits by identity. ``datasets`` turns the prepared split
+into the training and validation ``tf.data`` pipelines (P x K batches with the identity task).
+The top of the package (``mtl.experiment``) turns a ``Config`` into these arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mtl import tasks as task_lib
+from mtl.data.pipeline import drop_unreadable, labels_dict, make_dataset
+from mtl.data.sources import load_source
+from mtl.data.sources.base import SourceData
+from mtl.data.splits import split_by_identity
+from mtl.data.synthetic import ensure_synthetic
+from mtl.errors import ConfigError, DataError
+from mtl.tasks import IDENTITY, TaskSpec
+
+SAMPLERS = ("auto", "pk", "random")
+
+
+@dataclass
+class PreparedData:
+    """A run's data: the source, the resolved tasks (output order) and the identity-disjoint split.
+
+    ``skipped``: the images left out because the pipeline cannot decode them (``path``, ``reason``).
+    """
+
+    source: SourceData
+    tasks: list[TaskSpec]
+    train: pd.DataFrame
+    val: pd.DataFrame
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+
+def data_root(path: str | None) -> Path:
+    """The data folder, generating the embedded synthetic dataset when ``path`` is unset."""
+    return Path(path) if path else ensure_synthetic()
+
+
+def task_names(tasks: str | Sequence[str]) -> list[str]:
+    """``"age,color"`` or ``["age", "color"]`` -> ``["age", "color"]``."""
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    return [n.strip() for n in names if n.strip()]
+
+
+def resolve_tasks(names: Sequence[str], source: SourceData) -> tuple[list[TaskSpec], bool]:
+    """The attribute tasks named, and whether the identity task is asked for (it is made after the
+    split, from the training identities)."""
+    identity_possible = IDENTITY not in source.tasks and bool((source.table["identity"] >= 0).any())
+    want_identity = IDENTITY in names and identity_possible
+    rest = [n for n in names if n != IDENTITY] if want_identity else list(names)
+    tasks = task_lib.resolve(rest, source.tasks, source.aliases,
+                             also_valid=(IDENTITY,) if identity_possible else ()) if rest else []
+    return tasks, want_identity
+
+
+def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Sequence[str] = "all",
+                 rare_threshold: float = 0.01, max_images: int = 0, split_seed: int = 0,
+                 val_fraction: float = 0.2, val_identities: int = 0,
+                 stratify: str | None = None) -> PreparedData:
+    """Read the source, resolve the tasks, drop unreadable images and split by identity.
+
+    The identity task (``identity`` among ``tasks``) is made after the split: its classes are the
+    training split's identities (``mtl.reid.heads.identity_task``). Without attribute tasks (and
+    without ``stratify``) the split is stratified on all the dataset's attributes, so
+    ``identity`` and ``identity,all`` hold out the same people.
+
+    Args:
+        root: the data folder (None: the embedded synthetic dataset).
+        format: a key of ``mtl.data.sources.FORMATS`` or ``auto``.
+        tasks: task names, aliases or ``all``.
+        rare_threshold: product data: classes rarer than this are grouped as ``other``.
+        max_images: > 0: a deterministic subset of whole identities with at most this many images.
+        split_seed: seed of the subset and of the split.
+        val_fraction: share of identities held out for validation.
+        val_identities: > 0: hold out exactly this many identities (overrides ``val_fraction``).
+        stratify: tasks the split is stratified on (default: the trained tasks).
+
+    Returns:
+        The prepared data.
+
+    Raises:
+        ConfigError: unknown task names, or ``val_identities`` out of range for this data.
+        DataError: the data cannot train the tasks.
+    """
+    source = load_source(data_root(str(root) if root else None), format, rare_threshold=rare_threshold)
+    specs, want_identity = resolve_tasks(task_names(tasks), source)
+    labelled = source.subset("train")
+    if max_images:
+        ids = np.random.default_rng(split_seed).permutation(labelled["identity"].unique())
+        counts = labelled.groupby("identity").size().loc[ids].cumsum()
+        keep = counts.index[counts <= max_images]
+        labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
+    labelled, skipped = drop_unreadable(labelled)
+    if stratify:
+        on = [t.name for t in task_lib.resolve(stratify, source.tasks, source.aliases) if t.kind != IDENTITY]
+    else:
+        on = [t.name for t in specs if t.kind != IDENTITY]
+        if want_identity and not on:
+            on = [n for n, t in source.tasks.items() if t.kind != IDENTITY]
+    fraction = val_fraction
+    if val_identities:
+        num_ids = labelled["identity"].nunique()
+        if not 0 < val_identities < num_ids:
+            raise ConfigError(f"data.val_identities={val_identities}: must be between 1 and "
+                              f"{num_ids - 1} (the data has {num_ids} identities)")
+        fraction = val_identities / num_ids
+    train, val = split_by_identity(labelled, on, fraction, split_seed)
+    if want_identity:
+        specs.append(identity_task_for(train))
+    return PreparedData(source, specs, train, val, _skipped_frame(skipped))
+
+
+def _skipped_frame(skipped) -> pd.DataFrame:
+    if isinstance(skipped, pd.DataFrame):
+        return skipped
+    return pd.DataFrame({"path": list(skipped), "reason": list(skipped.values())}, columns=["path", "reason"])
+
+
+def identity_task_for(train: pd.DataFrame) -> TaskSpec:
+    """The identity task of a training split; a clear error when the data cannot train it."""
+    from mtl.reid.heads import identity_task
+
+    ids = train["identity"][train["identity"] >= 0]
+    if ids.nunique() < 2 or ids.value_counts().median() < 2:
+        raise DataError("the identity task needs identities with several images each; this data has "
+                        f"{ids.nunique()} known identities for {len(train)} training images")
+    return identity_task(ids)
+
+
+def task_labels(table: pd.DataFrame, tasks, center_loss: bool = False) -> dict[str, np.ndarray]:
+    """``{output: int32 labels}`` for the model's outputs: attribute columns, and for the identity
+    task the index of each row's identity among its classes (``-1`` if none) for each of its outputs."""
+    from mtl.reid.heads import identity_targets
+
+    labels = labels_dict(table, [t.name for t in tasks if t.kind != IDENTITY])
+    for spec in tasks:
+        if spec.kind == IDENTITY:
+            labels.update(identity_targets(table["identity"], spec, center_loss))
+    return labels
+
+
+def uses_pk_sampler(sampler: str, tasks) -> bool:
+    """P x K batches: with the identity task unless ``sampler="random"``."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown train.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    has_identity = any(t.kind == IDENTITY for t in tasks)
+    if sampler == "pk" and not has_identity:
+        raise ConfigError("train.sampler=pk needs the identity task (--tasks identity,...)")
+    return has_identity and sampler != "random"
+
+
+def datasets(data: PreparedData, height: int, width: int, batch_size: int, augment: Mapping[str, float],
+             sampler: str = "auto", p_identities: int = 0, k_images: int = 4, center_loss: bool = False,
+             cache: bool = True, seed: int = 0, repeat: bool = False):
+    """Training and validation datasets.
+
+    With the identity task, training batches are P x K (``mtl.data.sampler``, infinite: train with
+    a fixed number of steps per epoch); otherwise shuffled batches (``repeat``: infinite too).
+
+    Args:
+        data: the prepared data.
+        height, width: image size.
+        batch_size: images per batch.
+        augment: ``mtl.data.pipeline.augment_image`` options (flip, pad_crop, color_jitter, random_erasing).
+        sampler, p_identities, k_images: batch sampling (``uses_pk_sampler``, ``mtl.data.sampler.pk_shape``).
+        center_loss: the identity head has its centre-loss output (its labels are added).
+        cache: keep decoded images in memory.
+        seed: shuffling and augmentation seed.
+        repeat: repeat the training data (training with a fixed ``steps_per_epoch``).
+
+    Returns:
+        ``(train_ds, val_ds)``.
+    """
+    train_labels = task_labels(data.train, data.tasks, center_loss)
+    if uses_pk_sampler(sampler, data.tasks):
+        from mtl.data.sampler import pk_dataset, pk_shape
+
+        p, k = pk_shape(batch_size, p_identities, k_images)
+        identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
+        train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, height, width,
+                              dict(augment), seed=seed)
+    else:
+        train_ds = make_dataset(data.train["path"], train_labels, height, width, batch_size, training=True,
+                                augment=dict(augment), cache=cache, seed=seed, repeat=repeat)
+    val_ds = make_dataset(data.val["path"], task_labels(data.val, data.tasks, center_loss), height, width,
+                          batch_size, cache=cache)
+    return train_ds, val_ds
