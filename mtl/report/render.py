@@ -23,7 +23,7 @@ from mtl.errors import DataError
 from mtl.io import atomic_write_text
 from mtl.report import figures, tables
 from mtl.report.examples import MAX_GALLERY, MAX_QUERIES, PER_GROUP, prediction_examples, retrieval_examples
-from mtl.rundir import RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
+from mtl.rundir import CONFIG, RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
 from mtl.report.thumbnails import Thumbnailer
 
 __all__ = ["render_report", "render_comparison", "report_command", "detect_kind", "output_path",
@@ -97,7 +97,7 @@ def _reproduce(rf: RunFiles) -> list[tuple[str, str]]:
     if rf.command:
         out.append(("as it was run", python_command(rf.command)))
     if rf.config_text is not None:
-        cfg = rf.path / "config.yaml"
+        cfg = rf.path / CONFIG
         out.append(("from the saved config", shlex.join(["python", "scripts/train.py", "--config", str(cfg),
                                                           "--out", f"{rf.path}-again"])))
     return out
