@@ -83,13 +83,13 @@ def test_a_run_folder_of_another_recipe_is_not_reused(tmp_path):
 
 def test_a_study_folder_in_use_is_refused(tmp_path):
     from mtl.study import run_study
-    from mtl.tuning import exclusive_folder
+    from mtl.io import folder_lock
 
     out = tmp_path / "study"
-    with exclusive_folder(out, "study"):  # as if the same command were already running
+    with folder_lock(out, "study"):  # as if the same command were already running
         with pytest.raises(MtlError, match=r"in use by process \d+"):
             run_study(build_config({}), "age", ["gender"], out)
-    with exclusive_folder(out, "study"):  # released with its holder
+    with folder_lock(out, "study"):  # released with its holder
         pass
 
 

@@ -22,7 +22,8 @@ from mtl.data.sources.market_course import MARKET_ALIASES, market_tasks
 from mtl.errors import ConfigError, MtlError
 from mtl.tasks import TaskSpec
 from mtl.tuning import (config_for, declared_space, flatten_space, prepare_out_dir, resolve_objective,
-                        search_space, settings_diff)
+                        search_space)
+from mtl.rundir import config_diff as settings_diff
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set", "model.width=0.25",
@@ -170,10 +171,11 @@ def test_out_dir_rules_resume_overwrite_and_changed_settings(tmp_path):
 
 
 def test_a_search_folder_in_use_is_refused(tmp_path):
-    from mtl.tuning import exclusive_folder, run_search
+    from mtl.io import folder_lock
+    from mtl.tuning import run_search
 
     out = tmp_path / "search"
-    with exclusive_folder(out):
+    with folder_lock(out, "search"):
         with pytest.raises(MtlError, match="in use by process"):
             run_search(build_config({"tasks": "age", "tune": {"max_trials": 1}}), out)
     assert not (out / "search.json").exists()  # refused before touching the folder
@@ -198,7 +200,7 @@ def _layers(model):
 
 @pytest.mark.slow
 def test_two_trial_search_on_embedded_default_then_resume_and_retrain_best(tmp_path):
-    from mtl.experiment import prepare_data
+    from mtl.experiment import prepare
     from mtl.models.builder import load_model
     from mtl.tuning import MtlHyperModel, resolve_objective as resolve
 
@@ -229,7 +231,7 @@ def test_two_trial_search_on_embedded_default_then_resume_and_retrain_best(tmp_p
     run = tmp_path / "retrain"
     assert train_main(["--config", str(out / "best_config.yaml"), "--out", str(run)]) == 0
     retrained = load_model(run / "model.keras")
-    data = prepare_data(cfg)
+    data = prepare(cfg)
     hypermodel = MtlHyperModel(cfg, data, resolve("age.accuracy", data.tasks), patience=1)
     trial = keras_tuner.engine.trial.Trial.load(str(out / "tuner" / f"trial_{best_row['trial_id']}" / "trial.json"))
     keras.backend.clear_session()
