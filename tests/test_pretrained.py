@@ -270,6 +270,9 @@ def test_cache_is_written_once_and_reused(_cache, monkeypatch):
     files = sorted(_cache.glob("mobilenet_v2-*-notop.weights.h5"))
     assert len(files) == 1
     assert not [p for p in _cache.iterdir() if p.name.startswith(".")], "temporary file left behind"
+    from mtl.io import file_mode
+
+    assert files[0].stat().st_mode & 0o777 == file_mode()  # readable by other users (was mkstemp's 0600)
     mtime = files[0].stat().st_mtime_ns
 
     def no_reading(*a, **k):

@@ -44,7 +44,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -382,18 +381,11 @@ def _sha256(path: Path) -> str:
 
 
 def _save_weights_atomic(model: keras.Model, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + target.name[: -len(".weights.h5")] + ".", suffix=".tmp.weights.h5", dir=target.parent)
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write the converted weights in one step, with ordinary permissions (``mtl.io.atomic_path``)."""
+    from mtl.io import atomic_path
+
+    with atomic_path(target) as tmp:
+        model.save_weights(str(tmp), overwrite=True)
 
 
 def _load_converted(name: str, ckpt: Path, model: keras.Model, top: bool, cache: bool) -> Path | None:
