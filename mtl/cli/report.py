@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Render an HTML report of a run, tuning or study directory, or compare runs side by side.
 
 The report is one self-contained file (figures and thumbnails embedded): open it from disk in
@@ -6,26 +5,25 @@ any browser, no server or network needed. Only the files of the run are read; th
 not rebuilt.
 
 Examples:
-    python scripts/report.py runs/NAME                      # -> reports/NAME/index.html
-    python scripts/report.py runs/NAME --out /tmp/r.html
-    python scripts/report.py runs/A runs/B                  # -> reports/A-vs-B/index.html
-    python scripts/report.py tuning/NAME                    # trials table and best configuration
+    mtl-report runs/NAME                      # -> reports/NAME/index.html
+    mtl-report runs/NAME --out /tmp/r.html
+    mtl-report runs/A runs/B                  # -> reports/A-vs-B/index.html
+    mtl-report tuning/NAME                    # trials table and best configuration
+
+From a checkout without installing: python scripts/report.py (same arguments).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mtl.cli import run_main  # noqa: E402
-from mtl.errors import MtlError  # noqa: E402
+from mtl.cli.common import new_parser, run_main
+from mtl.errors import MtlError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The arguments of ``mtl-report``."""
+    p = new_parser("report", __doc__)
     p.add_argument("dirs", nargs="+", metavar="DIR",
                    help="a run, tuning or study directory; two or more run directories are compared")
     p.add_argument("--out", help="output .html file, or a folder to write index.html into "
@@ -39,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Render as ``mtl-report`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Raises:
+        MtlError: bad input (a folder that is no run, search or study; bad counts); :func:`entry`
+            prints it as one line.
+    """
     args = parser().parse_args(argv)
     for value, flag in ((args.examples, "--examples"), (args.queries, "--queries")):
         if value is not None and value < 0:
@@ -58,5 +62,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script ``mtl-report``."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Search task heads, loss weights and optimiser settings with keras-tuner.
 
-Every trial builds its model with the same builder and recipe as scripts/train.py. The output
+Every trial builds its model with the same builder and recipe as mtl-train. The output
 folder gets trials.csv (one row per trial: hyperparameters, objective, seconds), best_config.yaml
-(train it with `python scripts/train.py --config OUT/best_config.yaml`), tuning.json (summary)
+(train it with `mtl-train --config OUT/best_config.yaml`), tuning.json (summary)
 and keras-tuner's own state in OUT/tuner/.
 
 Objectives (--objective): a validation metric keras logs, named in full (val_age_accuracy) or
@@ -19,28 +18,28 @@ Distributed: set KERASTUNER_TUNER_ID (chief / worker0 / worker1 ...), KERASTUNER
 KERASTUNER_ORACLE_PORT and run the same command in every process (docs/tuning.md).
 
 Examples:
-    python scripts/tune.py --tasks age,gender --max-trials 4 --objective age.accuracy --out runs/tune-demo
-    python scripts/tune.py --config configs/tune_market.yaml --data ../shared/data/market1501-course \\
+    mtl-tune --tasks age,gender --max-trials 4 --objective age.accuracy --out runs/tune-demo
+    mtl-tune --config configs/tune_market.yaml --data ../shared/data/market1501-course \\
         --tuner bayesian --max-trials 6 --objective mA --out runs/tune-market
+
+From a checkout without installing: python scripts/tune.py (same flags).
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mtl.cli import add_common_args, config_from_args, run_main  # noqa: E402
+from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main
+from mtl.config import TUNERS
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The arguments of ``mtl-tune``."""
+    p = new_parser("tune", __doc__)
     add_common_args(p)
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"],
-                   help="search strategy (default: tune.tuner of the config, bayesian)")
+    p.add_argument("--tuner", choices=TUNERS,
+                   help=f"search strategy: {one_of(TUNERS)} (default: tune.tuner of the config, bayesian)")
     p.add_argument("--max-trials", type=int,
                    help="total number of trials, those of a resumed search included (default: tune.max_trials, 10)")
     p.add_argument("--objective",
@@ -59,13 +58,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Search as ``mtl-tune`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Raises:
+        MtlError: bad input (config, objective, --out in use or with other settings); :func:`entry`
+            prints it as one line.
+    """
     args = parser().parse_args(argv)
     cfg = config_from_args(args, {"train": {"epochs": args.epochs},
                                   "tune": {"tuner": args.tuner, "max_trials": args.max_trials,
                                            "objective": args.objective, "patience": args.patience}})
     from mtl.tuning import run_search
 
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["scripts/tune.py", *argv])
+    command = command_line("tune", argv)
     summary = run_search(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command)
     if summary.get("role") == "worker":
         print(f"worker done: ran {summary['trials_run']} trial(s)")
@@ -77,9 +82,14 @@ def main(argv=None) -> int:
         print(f"  {name} = {value}")
     out = Path(args.out)
     print(f"trials table: {out / 'trials.csv'}\nbest config:  {out / 'best_config.yaml'}  "
-          f"(python scripts/train.py --config {out / 'best_config.yaml'})")
+          f"(mtl-train --config {out / 'best_config.yaml'})")
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script ``mtl-tune``."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

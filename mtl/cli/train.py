@@ -1,30 +1,36 @@
-#!/usr/bin/env python
-"""Train a multi-task model (shared trunk, one head per task).
+"""Train a multi-task model (shared trunk, one head per task) into a run folder.
+
+The run folder gets the model (model.keras), its config (config.yaml, reloads unchanged), tasks,
+data split, training history and validation metrics; rerun the same command into the same --out
+to resume an interrupted run. Values: defaults <- --config YAML <- flags <- --set.
 
 Examples:
-    python scripts/train.py --tasks age,color                  # embedded synthetic data
-    python scripts/train.py --data ../shared/data/market1501-course --tasks all
-    python scripts/train.py --config configs/market1501_cpu.yaml --set train.epochs=5
+    mtl-train --tasks age,color                                 # embedded synthetic data
+    mtl-train --data ../shared/data/market1501-course --tasks all --out runs/market
+    mtl-train --config configs/market1501_cpu.yaml --set train.epochs=5
+    mtl-train --trunk efficientnet_lite0 --weights imagenet --head public --tasks all --report
+
+From a checkout without installing: python scripts/train.py (same flags).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mtl.cli import add_common_args, config_from_args, run_main  # noqa: E402
+from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main
+from mtl.config import HEADS, TRUNK_NAMES
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The arguments of ``mtl-train``."""
+    p = new_parser("train", __doc__)
     add_common_args(p)
-    p.add_argument("--trunk", help="trunk name (see mtl.models.trunks.TRUNKS), e.g. resnet_small, efficientnet_lite0")
+    p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(TRUNK_NAMES)} (default resnet_small)")
     p.add_argument("--weights", help="trunk weights: none, imagenet, or a local .weights.h5 file")
-    p.add_argument("--head", choices=["public", "private"], help="public: shared hidden layers; private: per-task")
+    p.add_argument("--head", choices=HEADS,
+                   help="private (default): hidden layers per task; public: hidden layers shared by the tasks")
     p.add_argument("--epochs", type=int, help="maximum number of epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="images per batch")
     p.add_argument("--out", help="run directory (default runs/<date>-<tasks>); rerun the same command into the same "
@@ -33,18 +39,23 @@ def parser() -> argparse.ArgumentParser:
                    help="train afresh into an --out that holds a finished run or one with another config")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="OUT",
                    help="at the end, render the HTML report of the run (default reports/<run name>/index.html, "
-                        "or OUT: an .html file or a folder); same as running scripts/report.py on the run")
+                        "or OUT: an .html file or a folder); same as running mtl-report on the run")
     return p
 
 
 def main(argv=None) -> int:
+    """Train as ``mtl-train`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Raises:
+        MtlError: bad input (config, data, --out); :func:`entry` prints it as one line.
+    """
     args = parser().parse_args(argv)
     cfg = config_from_args(args, {"model": {"trunk": args.trunk, "weights": args.weights, "head": args.head},
                                   "train": {"epochs": args.epochs, "batch_size": args.batch_size}})
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.tasks.replace(',', '-')}")
     from mtl.experiment import train
 
-    metrics = train(cfg, out, overwrite=args.overwrite)
+    metrics = train(cfg, out, command=command_line("train", argv), overwrite=args.overwrite)
     summary = metrics["summary"]
     for name, r in metrics["tasks"].items():
         print(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
@@ -58,7 +69,7 @@ def main(argv=None) -> int:
         print(f"re-identification on the validation people: mAP {reid['plain']['mAP']:.3f}  "
               f"rank-1 {reid['plain']['rank1']:.3f}{reranked}  (random ranking: mAP {reid['chance']['mAP']:.3f})")
     if args.report is None:
-        print(f"run written to {out}  (report: python scripts/report.py {out})")
+        print(f"run written to {out}  (report: mtl-report {out})")
     else:
         from mtl.report import render_report
 
@@ -68,5 +79,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script ``mtl-train``."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

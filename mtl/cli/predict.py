@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Write the course deliverables of a Market-1501 course-layout folder with a trained run.
 
   classification_test.csv  one row per test/ image (sorted): file_name, then the attribute columns
@@ -15,26 +14,26 @@ is the descriptors plus one batch, and the distances are computed a block of que
 (re-ranking, when asked, holds one queries x gallery matrix).
 
 Examples:
-    python scripts/predict.py --run runs/reid --data ../shared/data/market1501-course
-    python scripts/predict.py --run runs/joint --out deliverables/ --top 50 --rerank
+    mtl-predict --run runs/reid --data ../shared/data/market1501-course
+    mtl-predict --run runs/joint --out deliverables/ --top 50 --rerank
+
+From a checkout without installing: python scripts/predict.py (same flags).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mtl.cli import run_main  # noqa: E402
-from mtl.errors import DataError  # noqa: E402
+from mtl.cli.common import new_parser, run_main
+from mtl.errors import DataError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory written by scripts/train.py")
+    """The arguments of ``mtl-predict``."""
+    p = new_parser("predict", __doc__)
+    p.add_argument("--run", required=True, help="run directory written by mtl-train")
     p.add_argument("--data", help="course-layout folder with test/ and queries/ (default: the run's data folder)")
     p.add_argument("--out", help="folder for the deliverable files (default: the run directory)")
     p.add_argument("--top", type=int, default=100, help="gallery images listed per query (default 100)")
@@ -47,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Write the deliverables as ``mtl-predict`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Raises:
+        MtlError: bad input (run, data folder, --top); :func:`entry` prints it as one line.
+    """
     args = parser().parse_args(argv)
     if args.top < 1:
         raise DataError(f"--top must be >= 1, got {args.top}")
@@ -121,5 +125,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script ``mtl-predict``."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate a trained run on labelled data: attribute metrics and re-identification metrics.
 
 Which images are evaluated:
@@ -35,32 +34,32 @@ Output: the key "evaluation" of RUN/metrics.json (the training metrics in the ot
 a previous "evaluation" is replaced, and the command says so), and --out FILE if given.
 
 Examples:
-    python scripts/evaluate.py --run runs/reid
-    python scripts/evaluate.py --run runs/reid --data ../shared/data/market1501-course --rerank no
-    python scripts/evaluate.py --run runs/joint --attr-weight 0.5 --attr-alpha 1.0
-    python scripts/evaluate.py --run runs/products            # attributes of the held-out products
+    mtl-evaluate --run runs/reid
+    mtl-evaluate --run runs/reid --data ../shared/data/market1501-course --rerank no
+    mtl-evaluate --run runs/joint --attr-weight 0.5 --attr-alpha 1.0
+    mtl-evaluate --run runs/products            # attributes of the held-out products
+
+From a checkout without installing: python scripts/evaluate.py (same flags).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mtl.cli import run_main  # noqa: E402
-from mtl.errors import ConfigError, DataError, MtlError, WriteError  # noqa: E402
+from mtl.cli.common import FORMAT_CHOICES, new_parser, one_of, run_main
+from mtl.errors import ConfigError, DataError, MtlError, WriteError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory written by scripts/train.py")
+    """The arguments of ``mtl-evaluate``."""
+    p = new_parser("evaluate", __doc__)
+    p.add_argument("--run", required=True, help="run directory written by mtl-train")
     p.add_argument("--data", help="data folder to evaluate on (default: the folder the run was trained on)")
-    p.add_argument("--format", default="auto",
-                   help="data format: auto (default), market1501_course, market1501, fashion, imaterialist")
+    p.add_argument("--format", default="auto", metavar="FORMAT",
+                   help=f"data format: {one_of(FORMAT_CHOICES)} (default auto: detected from the folder's layout)")
     p.add_argument("--images", default="auto", choices=["auto", "val", "unseen", "all"],
                    help="which labelled images of a course-layout folder are evaluated (see above; default auto)")
     p.add_argument("--distance", default="cosine", choices=["cosine", "euclidean"],
@@ -176,6 +175,11 @@ def check_outputs_writable(run_dir: Path, out: str | None) -> dict:
 
 
 def main(argv=None) -> int:
+    """Evaluate as ``mtl-evaluate`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Raises:
+        MtlError: bad input (run, data, --tasks, unwritable output); :func:`entry` prints it as one line.
+    """
     args = parser().parse_args(argv)
     import pandas as pd
 
@@ -257,5 +261,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script ``mtl-evaluate``."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,120 @@
+"""Shared command-line plumbing: the flags every command takes, config resolution, error display.
+
+Light on purpose: every ``mtl-<command> --help`` imports this module, so nothing here (nor at the
+top of any ``mtl.cli`` module) imports TensorFlow or Keras; commands import them inside ``main``,
+after the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mtl.config import FORMAT_NAMES, Config, build_config, load_yaml, parse_overrides
+from mtl.errors import MtlError
+
+# ``--format``'s valid values, listed in every --help (validated by mtl.config, whose one-line
+# error names the key, the value and these values)
+FORMAT_CHOICES = ("auto",) + FORMAT_NAMES
+
+
+def one_of(names: Sequence[str]) -> str:
+    """``"a, b or c"``: the valid values of a flag, for its help text."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def new_parser(command: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``mtl-<command>``, described by its module docstring (description and examples).
+
+    Args:
+        command: the command's short name (``train``), i.e. the module ``mtl.cli.<command>``.
+        doc: the module's docstring, shown verbatim by ``--help``.
+
+    Returns:
+        A parser whose usage line names the program as it was invoked: ``scripts/train.py`` through
+        the checkout wrapper, else the console script ``mtl-train``.
+    """
+    first = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    prog = first if Path(first).name == f"{command}.py" else f"mtl-{command}"
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The data, task and config flags of every command that resolves a config (train, tune, study)."""
+    p.add_argument("--data", help="data folder (default: the embedded synthetic pedestrians, generated on first use)")
+    p.add_argument("--format", metavar="FORMAT",
+                   help=f"data format: {one_of(FORMAT_CHOICES)} (default auto: detected from the folder's layout)")
+    p.add_argument("--tasks", help="comma-separated tasks, an alias (color) or all (default: all attributes)")
+    p.add_argument("--config", help="YAML config file (see configs/); flags and --set override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.epochs=5 --set model.dropout=0.5 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, flag_values: dict | None = None) -> Config:
+    """defaults <- --config YAML <- explicit flags <- --set.
+
+    Args:
+        args: parsed arguments of a parser with :func:`add_common_args`.
+        flag_values: the command's own flags as nested config sections (``{"train": {"epochs": 5}}``);
+            None values (flags not given) are left out.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: a bad key or value (one line naming it and the valid values).
+    """
+    flags: dict = {"tasks": args.tasks, "data": {"path": args.data, "format": args.format}}
+    for section, values in (flag_values or {}).items():
+        flags.setdefault(section, {}).update(values)
+    flags = _drop_none(flags)
+    return build_config(load_yaml(args.config) if args.config else None, flags, parse_overrides(args.set))
+
+
+def _drop_none(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def command_line(command: str, argv: Sequence[str] | None) -> str:
+    """The command line recorded in a run, search or study folder (``command.txt``, ``run.json``).
+
+    Args:
+        command: the command's short name (``train``).
+        argv: the arguments ``main`` was called with, or None when they come from ``sys.argv``.
+
+    Returns:
+        ``scripts/train.py ...`` as typed for the checkout wrapper (the report shows it with
+        ``python`` in front), else ``mtl-train ...`` (console script, or ``main(argv)`` in process).
+    """
+    if argv is None:
+        first = sys.argv[0] if sys.argv and sys.argv[0] else ""
+        if Path(first).name == f"{command}.py":
+            return shlex.join(sys.argv)
+        argv = sys.argv[1:]
+    return shlex.join([f"mtl-{command}", *argv])
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a command's main; user errors print one clear line (no traceback) and exit 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main())
+    except MtlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
