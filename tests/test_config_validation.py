@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -161,19 +160,19 @@ def test_a_config_built_in_code_is_type_checked():
 ])
 def test_issue_cases_through_the_command_line_flags(argv, prefix):
     from mtl.cli import config_from_args
+    from mtl.cli.train import parser
 
-    train_main = runpy.run_path(str(REPO / "scripts" / "train.py"), run_name="train_script")
-    args = train_main["parser"]().parse_args(argv)
+    args = parser().parse_args(argv)
     with pytest.raises(ConfigError) as e:
         config_from_args(args, {"train": {"epochs": args.epochs, "batch_size": args.batch_size}})
     assert str(e.value).startswith(prefix + ":")
 
 
 def test_train_script_rejects_a_bad_value_before_creating_the_run_folder(tmp_path, capsys):
-    """End to end, in process: ``scripts/train.py --epochs -1`` exits 2 with one ``error:`` line."""
+    """End to end, in process: ``mtl-train --epochs -1`` exits 2 with one ``error:`` line."""
     from mtl.cli import run_main
+    from mtl.cli.train import main
 
-    main = runpy.run_path(str(REPO / "scripts" / "train.py"), run_name="train_script")["main"]
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         run_main(lambda: main(["--epochs", "-1", "--out", str(out)]))

@@ -1,14 +1,13 @@
-"""scripts/evaluate.py on a product run: labels by the run's class names, checks before any work."""
+"""mtl-evaluate (mtl.cli.evaluate) on a product run: labels by the run's class names, checks before any work."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 
 import pytest
 
-from conftest import REPO
 from mtl.errors import ConfigError, DataError, WriteError
 from tests.fixtures_images import write_tf_unreadable
 from tests.test_relabel import OTHER_ROWS, RUN_ROWS, raw_values
@@ -20,11 +19,8 @@ TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set"
 
 
 def script(name):
-    """The module of ``scripts/<name>.py`` (its ``main(argv)`` runs in this process)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module of the command ``mtl-<name>`` (its ``main(argv)`` runs in this process)."""
+    return importlib.import_module(f"mtl.cli.{name}")
 
 
 @pytest.fixture(scope="module")
