@@ -400,11 +400,11 @@ def plan(path: str | Path, config: Mapping, overwrite: bool = False) -> str:
                        "choose another --out")
     if overwrite:
         return NEW
+    diff = config_diff(run.read_config_dict() or {}, config)
     if status == FINISHED:
-        raise MtlError(f"{run.path} holds a finished run; pass --overwrite to train it again from scratch "
+        what = f"with another config ({'; '.join(diff)})" if diff else "with this config"
+        raise MtlError(f"{run.path} holds a finished run {what}; pass --overwrite to train it again from scratch "
                        "(its files are replaced), or choose another --out")
-    saved = run.read_config_dict() or {}
-    diff = config_diff(saved, config)
     if diff:
         raise MtlError(f"{run.path} holds an unfinished run with another config ({'; '.join(diff)}); rerun with "
                        "the same config to resume it, pass --overwrite to start afresh, or choose another --out")

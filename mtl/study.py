@@ -20,8 +20,6 @@ What "same" means here:
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -29,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from mtl import tasks as task_lib
-from mtl.config import Config, build_config, load_yaml, to_dict
+from mtl.config import Config, to_dict
 from mtl.errors import ConfigError, MtlError
-from mtl.io import atomic_path, atomic_write_json
+from mtl.rundir import FINISHED, STUDY_CSV, STUDY_JSON, STUDY_RUNS_CSV, RunDir, config_diff, plan
 from mtl.tasks import BINARY, CATEGORICAL
 
 ALL = "all"  # the set of the main task with every auxiliary task
@@ -97,28 +95,20 @@ def set_config(base: Config, task_set: TaskSet, stratify: Sequence[str], seed: i
 
 
 def check_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> str:
-    """``"new"``, ``"resume"`` (same recipe, unfinished), ``"done"`` (same recipe, finished); a
-    folder trained with another recipe is an error unless ``overwrite`` (then it is deleted)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return "new"
-    old = build_config(load_yaml(saved))
-    if old != cfg:
-        if not overwrite:
-            from mtl.tuning import settings_diff
-
-            diff = settings_diff(to_dict(old), to_dict(cfg), limit=4)
-            raise MtlError(f"{run_dir} was trained with another recipe ({'; '.join(diff)}); pass --overwrite to "
-                           "retrain it or choose another --out")
-        shutil.rmtree(run_dir)
-        return "new"
-    return "done" if (run_dir / "metrics.json").is_file() else "resume"
+    """``"done"`` (same recipe, finished: reused), else what ``mtl.rundir.plan`` decides (``"new"``
+    or ``"resume"``); a folder trained with another recipe is an error unless ``overwrite`` (then
+    it is trained afresh)."""
+    run = RunDir(run_dir)
+    config = to_dict(cfg)
+    if run.status() == FINISHED and not config_diff(run.read_config_dict() or {}, config):
+        return "done"
+    return plan(run_dir, config, overwrite)
 
 
 def main_task_result(run_dir: Path, main: str) -> dict:
     """The main task's validation numbers of a finished run folder."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = json.loads((run_dir / "history.json").read_text())
+    run = RunDir(run_dir)
+    metrics, history = run.read_metrics(), run.read_history()
     task = metrics["tasks"][main]
     training = metrics.get("training", {})
     key = f"val_{main}_xent"
@@ -182,19 +172,20 @@ def run_study(base: Config, main: str, aux: Sequence[str], out: str | Path, incl
     Returns:
         The ``study.json`` content.
     """
-    from mtl.tuning import exclusive_folder
+    from mtl.io import folder_lock
 
-    with exclusive_folder(out, "study"):
+    with folder_lock(out, "study"):
         return _run_study(base, main, aux, Path(out), include_all, seeds, overwrite, command, progress)
 
 
 def _run_study(base, main, aux, out: Path, include_all, seeds, overwrite, command, progress) -> dict:
     """``run_study`` once the folder is locked."""
     from mtl.data.sources import load_source
-    from mtl.experiment import data_root, train
-    from mtl.tuning import gradient_registry_mark, release_graph_memory
+    from mtl.data.prepare import data_root
+    from mtl.experiment import train
+    from mtl.tuning.memory import gradient_registry_mark, release_graph_memory
 
-    source = load_source(data_root(base), base.data.format, rare_threshold=base.data.rare_threshold)
+    source = load_source(data_root(base.data.path), base.data.format, rare_threshold=base.data.rare_threshold)
     main_name, groups = resolve_study_tasks(main, aux, source.tasks, source.aliases)
     sets = task_sets(main_name, groups, include_all)
     stratify = [main_name, *dict.fromkeys(n for g in groups for n in g)]
@@ -211,7 +202,7 @@ def _run_study(base, main, aux, out: Path, include_all, seeds, overwrite, comman
         else:
             progress(f"{label}: {'resuming' if state == 'resume' else 'training'} into {run_dir}")
             mark = gradient_registry_mark()
-            train(cfg, run_dir, command=command)
+            train(cfg, run_dir, command=command, overwrite=overwrite, log=None)
             release_graph_memory(keep=mark)  # several trainings in one process: free each one's graphs
         result = main_task_result(run_dir, main_name)
         progress(f"{label}: {main_name} accuracy {result['main_accuracy']:.3f}, macro F1 "
@@ -220,15 +211,14 @@ def _run_study(base, main, aux, out: Path, include_all, seeds, overwrite, comman
                      "seed": seed, **result, "run_dir": str(run_dir)})
     frame = study_table(rows)
     summary = summary_table(frame)
-    with atomic_path(out / "study.csv") as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_path(out / "study_runs.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+    folder = RunDir(out)
+    folder.write_csv(STUDY_CSV, summary)
+    folder.write_csv(STUDY_RUNS_CSV, frame)
     report = {"main": main_name, "aux": [list(g) for g in groups], "seeds": seeds, "stratify": stratify,
               "data": {"root": str(source.root), "format": source.name}, "command": command,
               "recipe": to_dict(dataclasses.replace(base, tasks=main_name)),
               "sets": _records(summary), "runs": _records(frame)}
-    atomic_write_json(out / "study.json", report)
+    folder.write_json(STUDY_JSON, report)
     return report
 
 

@@ -75,7 +75,7 @@ def test_rerun_with_other_tasks_stops_and_keeps_the_first_run(finished_run, synt
 
     out = copy_run(finished_run, tmp_path)
     before = snapshot(out)
-    with pytest.raises(MtlError, match="finished run.*--overwrite"):
+    with pytest.raises(MtlError, match=r"finished run with another config \(tasks: .age,gender. -> .age,hat.\).*--overwrite"):
         train(tiny_cfg(synthetic_root, tasks="age,hat"), out, log=None)
     assert snapshot(out) == before
 
