@@ -65,6 +65,10 @@ def main(argv=None) -> int:
     from mtl.inference import extract_features
     from mtl.reid.embedding import embedding_layer_name, feature_model
 
+    from mtl.io import ensure_writable, make_folder
+
+    out = Path(args.out) if args.out else Path(args.run)
+    ensure_writable(out)  # before hours of extraction
     run = load_run(args.run)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
@@ -83,8 +87,7 @@ def main(argv=None) -> int:
                   + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
     if gallery.empty:
         raise DataError(f"{root}: no test/ image can be decoded")
-    out = Path(args.out) if args.out else Path(args.run)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     h, w, batch = cfg.data.image_height, cfg.data.image_width, args.batch_size or cfg.train.batch_size
     deliverable = set(SCALAR_COLUMNS) | set(COLOR_GROUPS)
     attr_tasks = [t for t in run.tasks if t.name in deliverable]
