@@ -103,44 +103,87 @@ def decode_image(path: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 
 def augment_image(image: tf.Tensor, height: int, width: int, flip: bool = True, pad_crop: int = 0,
-                  color_jitter: float = 0.0, random_erasing: float = 0.0) -> tf.Tensor:
+                  color_jitter: float = 0.0, random_erasing: float = 0.0, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Training augmentation of one [0, 255] image; each part is switchable.
 
     Random erasing (Zhong et al.) fills a random rectangle (2-40% of the area, aspect 0.3-3.3)
     with uniform noise, with the given probability.
+
+    Every random choice is a stateless random op keyed by ``seed``: the result is a function of
+    the image and the seed alone, so it does not depend on which thread of a parallel ``map``
+    runs the image first (stateful ops such as ``tf.image.random_flip_left_right`` share one
+    random state between threads, which made two runs of one command differ).
+
+    Args:
+        image: ``(height, width, 3)`` float32 image in [0, 255].
+        height, width: the image size (and the size of the random crop).
+        flip, pad_crop, color_jitter, random_erasing: see ``mtl.config.AugmentConfig``.
+        seed: ``[2]`` int32/int64 tensor, one per image (``make_dataset`` derives it from its seed
+            and the element). ``None`` draws one from TensorFlow's global generator: for
+            interactive use, not reproducible under a parallel map.
+
+    Returns:
+        The augmented image, same shape, in [0, 255].
     """
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    # one independent stream per random choice, so switching a part off leaves the others as they were
+    flip_seed, crop_seed, brightness_seed, contrast_seed, saturation_seed, erase_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=6))
     if flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if pad_crop > 0:
         image = tf.pad(image, [[pad_crop, pad_crop], [pad_crop, pad_crop], [0, 0]], mode="REFLECT")
-        image = tf.image.random_crop(image, (height, width, 3))
+        image = tf.image.stateless_random_crop(image, (height, width, 3), crop_seed)
     if color_jitter > 0:
         image = image / 255.0
-        image = tf.image.random_brightness(image, color_jitter)
-        image = tf.image.random_contrast(image, 1 - color_jitter, 1 + color_jitter)
-        image = tf.image.random_saturation(image, 1 - color_jitter, 1 + color_jitter)
+        image = tf.image.stateless_random_brightness(image, color_jitter, brightness_seed)
+        image = tf.image.stateless_random_contrast(image, 1 - color_jitter, 1 + color_jitter, contrast_seed)
+        image = tf.image.stateless_random_saturation(image, 1 - color_jitter, 1 + color_jitter, saturation_seed)
         image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
     if random_erasing > 0:
-        image = _random_erase(image, height, width, random_erasing)
+        image = _random_erase(image, height, width, random_erasing, erase_seed)
     return image
 
 
-def _random_erase(image, height, width, probability):
+def _random_erase(image, height, width, probability, seed):
+    """Random erasing with stateless random ops keyed by ``seed`` (``[2]`` ints)."""
+    area_seed, ratio_seed, y_seed, x_seed, apply_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=6))
     area = tf.cast(height * width, tf.float32)
-    target = tf.random.uniform([], 0.02, 0.4) * area
-    log_ratio = tf.random.uniform([], np.log(0.3), np.log(1 / 0.3))
+    target = tf.random.stateless_uniform([], area_seed, 0.02, 0.4) * area
+    log_ratio = tf.random.stateless_uniform([], ratio_seed, np.log(0.3), np.log(1 / 0.3))
     ratio = tf.exp(log_ratio)
     h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32), 1, height)
     w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32), 1, width)
-    y0 = tf.random.uniform([], 0, height - h + 1, dtype=tf.int32)
-    x0 = tf.random.uniform([], 0, width - w + 1, dtype=tf.int32)
+    y0 = tf.random.stateless_uniform([], y_seed, 0, height - h + 1, dtype=tf.int32)
+    x0 = tf.random.stateless_uniform([], x_seed, 0, width - w + 1, dtype=tf.int32)
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
     inside = (rows >= y0) & (rows < y0 + h) & (cols >= x0) & (cols < x0 + w)
-    apply = tf.random.uniform([]) < probability
+    apply = tf.random.stateless_uniform([], apply_seed) < probability
     mask = tf.logical_and(inside, apply)[:, :, None]
-    noise = tf.random.uniform(tf.shape(image), 0.0, 255.0)
+    noise = tf.random.stateless_uniform(tf.shape(image), noise_seed, 0.0, 255.0)
     return tf.where(mask, noise, image)
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for one named use (``stream``) of a run's ``seed``, independent of the others.
+
+    The shuffle and the augmentation of one dataset must not draw from the same random numbers
+    (with one op seed, the first element's shuffle draw would also be its augmentation seed).
+
+    Args:
+        seed: the run's seed.
+        stream: a small constant per use (``AUGMENT_STREAM``, ...).
+
+    Returns:
+        A non-negative int31, the same for the same ``(seed, stream)`` on every machine.
+    """
+    return int(np.random.SeedSequence([int(seed) % 2**32, stream]).generate_state(1)[0] >> 1)
+
+
+AUGMENT_STREAM = 1  # stream_seed(seed, AUGMENT_STREAM): the augmentation seeds of make_dataset / pk_dataset
 
 
 def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarray]:
@@ -160,7 +203,8 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
         training: shuffle and augment.
         augment: keyword arguments of ``augment_image`` (flip, pad_crop, color_jitter, random_erasing).
         cache: keep decoded images in memory after the first pass.
-        seed: shuffle seed.
+        seed: shuffle and augmentation seed: the same seed gives the same batches, epoch after
+            epoch, in any process (each pass reshuffles and re-draws the augmentation, from the seed).
         repeat: repeat forever (for ``steps_per_epoch``).
     """
     paths = list(map(str, paths))
@@ -175,7 +219,9 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
     def decode(p, *rest):
         return (decode_image(p, height, width), *rest)
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+    # deterministic=True (the default, spelled out): the order of the decoded images is what the
+    # seeded shuffle permutes, so it must not depend on which file a thread finishes first
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
     # a file that became unreadable after the check must not crash an epoch
     ds = ds.ignore_errors(log_warning=True)
     if cache:
@@ -185,11 +231,18 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
         if repeat:
             ds = ds.repeat()
         aug = dict(augment or {})
+        # one augmentation seed per element, from a seeded random stream that is drawn afresh on
+        # every pass (epoch), the same way in every process: stateless augmentation keyed by it
+        # stays parallel and reproducible
+        element_seeds = tf.data.Dataset.random(seed=stream_seed(seed, AUGMENT_STREAM),
+                                               rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, element_seeds))
 
-        def do_augment(image, *rest):
-            return (augment_image(image, height, width, **aug), *rest)
+        def do_augment(element, element_seed):
+            image, *rest = element
+            return (augment_image(image, height, width, seed=element_seed, **aug), *rest)
 
-        ds = ds.map(do_augment, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(do_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
     if labels is None:
         ds = ds.map(lambda image: image)
     ds = ds.batch(batch_size, drop_remainder=False)
