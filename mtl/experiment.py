@@ -198,14 +198,9 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
 
 def seed_run(cfg: Config) -> None:
     """Seed every generator of a run from ``train.seed`` (and make ops deterministic on request)."""
-    try:
-        from mtl.reproducibility import seed_everything
-    except ImportError:  # pragma: no cover - until the module lands
-        import keras
+    from mtl.reproducibility import seed_everything
 
-        keras.utils.set_random_seed(cfg.train.seed)
-        return
-    seed_everything(cfg.train.seed, getattr(cfg.train, "deterministic", False))
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
 
 
 def model_info(model, cfg: Config) -> ModelInfo:
