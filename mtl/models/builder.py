@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import keras
 
+from mtl.errors import DataError
 from mtl.models.heads import attribute_heads
 from mtl.models.trunks import build_trunk
 from mtl.tasks import IDENTITY, TaskSpec
@@ -43,29 +46,48 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
     return keras.Model(inputs, outputs, name="mtl")
 
 
-def model_kwargs(cfg) -> dict:
-    """Unpack the ``ModelConfig`` and image size of a ``Config`` into ``build_model`` arguments."""
-    m = cfg.model
-    return {
-        "input_shape": (cfg.data.image_height, cfg.data.image_width, 3),
-        "trunk": m.trunk, "weights": m.weights, "width": m.width, "head": m.head,
-        "public_units": m.public_units, "private_multipliers": m.private_multipliers,
-        "task_units": m.task_units, "dropout": m.dropout, "embedding_dim": m.embedding_dim,
-        "center_loss": cfg.train.center_loss > 0,
-    }
-
-
 def get_trunk(model: keras.Model) -> keras.Model:
     return model.get_layer("trunk")
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """Reload a saved ``model.keras`` (custom layers, losses and metrics are registered on import)."""
-    import mtl.losses  # noqa: F401  (registers serialisable objects)
-    import mtl.metrics  # noqa: F401
-    import mtl.models.layers  # noqa: F401
-    import mtl.reid.heads  # noqa: F401
-    import mtl.reid.losses  # noqa: F401
-    import mtl.training  # noqa: F401
+def load_model(path: str | Path, compile: bool = False) -> keras.Model:
+    """Load a saved model: ``keras.saving.load_model``, with one-line errors for a bad file.
 
-    return keras.saving.load_model(str(path), compile=False)
+    Nothing else is needed: importing this module imported ``mtl`` and Keras, which registers
+    mtl's Keras objects (see ``mtl/__init__.py``), so plain ``keras.saving.load_model`` works too.
+
+    Args:
+        path: a ``.keras`` file, or a run folder (its ``model.keras``).
+        compile: also restore the optimizer (with its state), losses and metrics, to train on;
+            False (default) gives the model for prediction.
+
+    Returns:
+        The ``keras.Model``.
+
+    Raises:
+        DataError: the file is missing, is not a complete ``.keras`` (zip) archive (truncated,
+            corrupt, another format), or Keras cannot rebuild the model from it.
+    """
+    from mtl.rundir import MODEL
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL
+    if not path.is_file():
+        raise DataError(f"model file not found: {path}")
+    # Keras calls a .keras file that is not a zip archive "File not found", and reads the weights
+    # out of the archive without checking every CRC: test the whole archive first (fast next to
+    # loading it)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+        problem = None if broken is None else f"member {broken} is corrupt"
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        problem = f"truncated or not a zip archive: {exc}"
+    if problem:
+        raise DataError(f"cannot load model {path}: not a valid .keras file ({problem})")
+    try:
+        return keras.saving.load_model(str(path), compile=compile)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a model it cannot rebuild
+        lines = str(exc).strip().splitlines()
+        raise DataError(f"cannot load model {path}: {type(exc).__name__}: {lines[0] if lines else ''}") from exc

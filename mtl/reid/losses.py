@@ -20,7 +20,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtl.losses import MaskedSparseCategoricalCrossentropy
 from mtl.tasks import TaskSpec
 
 # squared distances are clipped here before the square root: its gradient at 0 is infinite
@@ -133,6 +132,10 @@ def identity_losses(spec: TaskSpec, triplet_margin: float | None = 0.3, label_sm
         A dict keyed by output name: the task's name, ``embedding`` and, with a centre loss,
         ``center``.
     """
+    # imported here, not at the top: when this module is imported by the registration that follows
+    # Keras's first import, mtl.losses may be the half-imported module that imported Keras
+    from mtl.losses import MaskedSparseCategoricalCrossentropy
+
     losses = {
         spec.name: MaskedSparseCategoricalCrossentropy(label_smoothing=label_smoothing, name="identity_xent_loss"),
         "embedding": BatchHardTripletLoss(triplet_margin),
