@@ -8,14 +8,14 @@ import shutil
 
 import pytest
 
+from conftest import TINY_FLAGS
 from mtl.errors import ConfigError, DataError, WriteError
 from tests.fixtures_images import write_tf_unreadable
 from tests.test_relabel import OTHER_ROWS, RUN_ROWS, raw_values
 from tests.test_source_fashion import write_fashion
 
-TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set", "model.width=0.25",
-        "--set", "model.private_multipliers=4,2", "--set", "augment.pad_crop=0", "--set", "augment.color_jitter=0",
-        "--set", "augment.random_erasing=0", "--set", "data.rare_threshold=0.1", "--batch-size", "8"]
+TINY = [*TINY_FLAGS, "--set", "augment.pad_crop=0", "--set", "augment.color_jitter=0", "--set", "augment.random_erasing=0",
+        "--set", "data.rare_threshold=0.1", "--batch-size", "8"]
 
 
 def script(name):
@@ -81,6 +81,20 @@ def test_an_unwritable_out_stops_before_any_work(product_run, tmp_path, capsys):
     assert "loading run" not in capsys.readouterr().out
 
 
+def test_a_run_in_use_or_missing_is_refused_before_any_work(product_run, tmp_path, capsys):
+    from mtl.errors import MtlError
+    from mtl.io import folder_lock
+
+    run = copy_run(product_run, tmp_path)
+    with folder_lock(run, "evaluation"):  # as if another evaluation were writing its metrics.json
+        with pytest.raises(MtlError, match=r"in use by process \d+ \(evaluation"):
+            script("evaluate").main(["--run", str(run)])
+    assert "loading run" not in capsys.readouterr().out
+    with pytest.raises(DataError, match="no such run folder"):
+        script("evaluate").main(["--run", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
+
+
 def test_a_truncated_model_is_one_line_naming_the_file(product_run, tmp_path):
     run = copy_run(product_run, tmp_path)
     model = run / "model.keras"
@@ -88,7 +102,7 @@ def test_a_truncated_model_is_one_line_naming_the_file(product_run, tmp_path):
     with pytest.raises(DataError) as info:
         script("evaluate").main(["--run", str(run)])
     message = str(info.value)
-    assert message.startswith(f"cannot load model: {model}") and "\n" not in message
+    assert message.startswith(f"cannot load model {model}") and "\n" not in message
     assert "File not found" not in message
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import zipfile
 from pathlib import Path
 
 from mtl.cli.common import FORMAT_CHOICES, new_parser, one_of, run_main
@@ -116,38 +115,6 @@ def check_outputs(model, run_tasks, run_dir, wanted: str | None = None) -> list:
     return [t for t in run_tasks if t.name in asked]
 
 
-def load_checked_run(run_dir: Path):
-    """``load_run``, with a corrupt or truncated ``model.keras`` reported as one line naming the file.
-
-    Keras reports a ``.keras`` file that is not a complete zip archive as "File not found"; the
-    archive is tested here first (every member's CRC: a few MB, well under a second).
-
-    Raises:
-        DataError: "cannot load model: <path>: <why>", or the run is incomplete.
-    """
-    from mtl.rundir import load_run
-
-    model_path = run_dir / "model.keras"
-    if model_path.is_file():
-        reason = None
-        try:
-            with zipfile.ZipFile(model_path) as archive:
-                broken = archive.testzip()
-            if broken is not None:
-                reason = f"member {broken} is corrupt"
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            reason = f"not a complete .keras (zip) archive, truncated or corrupt ({exc})"
-        if reason:
-            raise DataError(f"cannot load model: {model_path}: {reason}")
-    try:
-        return load_run(run_dir)
-    except MtlError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a model it cannot rebuild
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DataError(f"cannot load model: {model_path}: {type(exc).__name__}: {first}") from None
-
-
 def check_outputs_writable(run_dir: Path, out: str | None) -> dict:
     """Before any work: read the run's ``metrics.json`` (the evaluation is added to it) and check
     that the run folder (and ``--out``'s folder) can be written.
@@ -160,11 +127,11 @@ def check_outputs_writable(run_dir: Path, out: str | None) -> dict:
         WriteError: a folder the results go to cannot be written.
     """
     from mtl.io import ensure_writable
-    from mtl.rundir import RunDir
+    from mtl.rundir import METRICS, RunDir
 
     metrics = RunDir(run_dir).read_metrics()
     if metrics is not None and not isinstance(metrics, dict):
-        raise DataError(f"cannot read {run_dir / 'metrics.json'}: expected a JSON object, got "
+        raise DataError(f"cannot read {RunDir(run_dir).file(METRICS)}: expected a JSON object, got "
                         f"{type(metrics).__name__}")
     ensure_writable(run_dir)
     if out:
@@ -181,17 +148,28 @@ def main(argv=None) -> int:
         MtlError: bad input (run, data, --tasks, unwritable output); :func:`entry` prints it as one line.
     """
     args = parser().parse_args(argv)
+    from mtl.io import folder_lock
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise DataError(f"--run {run_dir}: no such run folder")
+    # one process at a time on a run: the evaluation is a read-modify-write of its metrics.json
+    with folder_lock(run_dir, "evaluation"):
+        return _evaluate(args, run_dir)
+
+
+def _evaluate(args, run_dir: Path) -> int:
+    """``main`` once the run folder is locked."""
     import pandas as pd
 
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.relabel import load_for_run, unseen_summary
     from mtl.reid.protocol import evaluate_labelled, evaluation_images
-    from mtl.rundir import RunDir
+    from mtl.rundir import METRICS, RunDir, load_run
 
-    run_dir = Path(args.run)
     metrics = check_outputs_writable(run_dir, args.out)
     print(f"loading run {run_dir}", flush=True)
-    run = load_checked_run(run_dir)
+    run = load_run(run_dir)  # a corrupt or truncated model.keras is one line naming the file
     tasks = check_outputs(run.model, run.tasks, run_dir, args.tasks)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
@@ -246,7 +224,7 @@ def main(argv=None) -> int:
         for note in reid.get("notes", []):
             print(f"  note: {note}")
 
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = RunDir(run_dir).file(METRICS)
     if "evaluation" in metrics:
         print(f"replacing the previous evaluation in {metrics_path} (data {metrics['evaluation'].get('data')}); "
               "training metrics are kept")
