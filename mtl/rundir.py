@@ -60,6 +60,7 @@ HISTORY = "history.json"
 METRICS = "metrics.json"
 PREDICTIONS = "val_predictions.csv"
 REID_EXAMPLES = "reid_examples.json"
+INDEX = "index"  # folder: a gallery's embedding index and attributes (mtl.reid.index, mtl.search; mtl-search)
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
 BACKUP = "checkpoints/backup"
