@@ -10,12 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_FLAGS
 
 # tiny and without augmentation, so that a CPU learns the synthetic people in a few epochs
-TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set", "model.width=0.25",
-        "--set", "model.private_multipliers=4,2", "--set", "augment.pad_crop=0", "--set", "augment.color_jitter=0",
-        "--set", "augment.random_erasing=0"]
+TINY = [*TINY_FLAGS, "--set", "augment.pad_crop=0", "--set", "augment.color_jitter=0", "--set", "augment.random_erasing=0"]
 
 
 def run_script(name, *args, timeout=600, env=None):

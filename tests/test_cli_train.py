@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, shared_dataset
+from conftest import REPO, TINY_FLAGS, shared_dataset
 
-TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set", "model.width=0.25",
-        "--set", "model.private_multipliers=4,2", "--batch-size", "32"]
+TINY = [*TINY_FLAGS, "--batch-size", "32"]
 
 
 def run_train(*args, timeout=300, env=None):

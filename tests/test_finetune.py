@@ -4,7 +4,7 @@ lower learning rate, through the same compile path as scripts/train.py."""
 import keras
 import numpy as np
 
-from mtl.config import build_config
+from conftest import tiny_config
 from mtl.engine import compile_model, trunk_phases
 from mtl.experiment import model_kwargs, train_args
 from mtl.models.builder import build_model, get_trunk
@@ -15,9 +15,7 @@ TASKS = [TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("color", ("r", "g", 
 
 def _setup(**train):
     keras.utils.set_random_seed(0)  # identical initial weights and dropout masks across calls
-    cfg = build_config({"data": {"image_height": 32, "image_width": 16},
-                        "model": {"width": 0.25, "private_multipliers": [4, 2]},
-                        "train": {"epochs": 2, "warmup_epochs": 0, "learning_rate": 0.05, **train}})
+    cfg = tiny_config(train={"epochs": 2, "warmup_epochs": 0, "learning_rate": 0.05, **train})
     model = build_model(TASKS, **model_kwargs(cfg))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 16, 3)).astype(np.float32)

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from fixtures_images import write_jpeg
-from mtl.config import build_config
 from mtl.errors import ConfigError
 from mtl.data.prepare import datasets, uses_pk_sampler
 from mtl.experiment import dataset_args, prepare, train
@@ -19,14 +19,8 @@ from mtl.tasks import TaskSpec
 
 
 def _cfg(root, **sections):
-    layers = {"tasks": "identity", "data": {"path": str(root), "image_height": 32, "image_width": 16},
-              "model": {"width": 0.25, "embedding_dim": 16}, "train": {"batch_size": 16}}
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            layers.setdefault(key, {}).update(value)
-        else:
-            layers[key] = value
-    return build_config(layers)
+    return tiny_config(root, {"tasks": "identity", "model": {"embedding_dim": 16}, "train": {"batch_size": 16}},
+                       **sections)
 
 
 def test_identity_task_classes_are_the_training_people(synthetic_root):

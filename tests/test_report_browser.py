@@ -1,7 +1,8 @@
 """Reports in a real browser: a tiny real training run renders its report (``train.py --report``),
-and headless Chromium loads it from disk, with every image decoded, no script error, sortable
-tables that sort, no sideways scrolling on a narrow window, and screenshots at desktop and phone
-widths.
+and the session's real runs (tests/conftest.py: one with the identity task and its retrieval
+examples) render theirs; headless Chromium loads them from disk, with every image decoded, no
+script error, sortable tables that sort, no sideways scrolling on a narrow window, and
+screenshots at desktop and phone widths.
 
 Chromium comes from Debian's ``chromium`` package in CI (``apt-get install chromium``); set
 ``MTL_BROWSER`` to use another Chromium or Chrome binary. Without one the browser tests skip.
@@ -9,6 +10,7 @@ Chromium comes from Debian's ``chromium`` package in CI (``apt-get install chrom
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from tests.test_report import write_fake_run, write_images
+from conftest import REPO, TINY_FLAGS
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-TINY = ["--set", "data.image_height=32", "--set", "data.image_width=16", "--set", "model.width=0.25",
-        "--set", "model.private_multipliers=4,2", "--batch-size", "32"]
+TINY = [*TINY_FLAGS, "--batch-size", "32"]
 DESKTOP = (1280, 1800)
 PHONE = (390, 1800)
 
@@ -82,7 +82,7 @@ def assert_loaded(state: dict[str, str], sections: set[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, synthetic_root):
+def cli_run(tmp_path_factory, synthetic_root):
     """A real (tiny) training run whose report train.py renders itself (``--report``)."""
     base = tmp_path_factory.mktemp("browser")
     run, report = base / "run", base / "report"
@@ -94,8 +94,8 @@ def tiny_run(tmp_path_factory, synthetic_root):
 
 
 @pytest.mark.slow
-def test_train_report_flag_renders_the_report(tiny_run):
-    run, html, result = tiny_run
+def test_train_report_flag_renders_the_report(cli_run):
+    run, html, result = cli_run
     assert html.is_file() and f"report: {html}" in result.stdout
     text = html.read_text()
     for section in ("run", "glance", "curves", "attributes", "tasks"):
@@ -106,8 +106,8 @@ def test_train_report_flag_renders_the_report(tiny_run):
 
 
 @pytest.mark.slow
-def test_real_run_report_in_the_browser(browser, tiny_run, tmp_path):
-    _, html, _ = tiny_run
+def test_real_run_report_in_the_browser(browser, cli_run, tmp_path):
+    _, html, _ = cli_run
     state = page_state(browser, html, tmp_path / "profile")
     assert_loaded(state, {"run", "glance", "curves", "attributes", "tasks"})
     # a narrow window (headless Chromium's smallest is 500 px, below the 600 px phone layout) has
@@ -123,14 +123,13 @@ def test_real_run_report_in_the_browser(browser, tiny_run, tmp_path):
         assert len(np.unique(shot.reshape(-1, 3)[::7], axis=0)) > 200
 
 
-def test_reid_and_comparison_pages_in_the_browser(browser, tmp_path):
+def test_reid_and_comparison_pages_in_the_browser(browser, tiny_reid_run, tiny_run, tmp_path):
     from mtl.report import render_comparison, render_report
 
-    images = write_images(tmp_path / "images")
-    a = write_fake_run(tmp_path / "A", images, rows=300, reid=True, reid_shape="nested", queries=12)
-    b = write_fake_run(tmp_path / "B", images, rows=300, seed=1, config_overrides={"train": {"learning_rate": 0.01}})
-    state = page_state(browser, render_report(a, tmp_path / "a.html"), tmp_path / "profile")
+    state = page_state(browser, render_report(tiny_reid_run, tmp_path / "a.html"), tmp_path / "profile")
     assert_loaded(state, {"run", "glance", "curves", "attributes", "tasks", "reid"})
-    assert int(state["images-total"]) > 10 * 11  # ten queries with their top 10, all decoded
-    state = page_state(browser, render_comparison([a, b], tmp_path / "ab.html"), tmp_path / "profile")
+    queries = json.loads((tiny_reid_run / "reid_examples.json").read_text())
+    assert int(state["images-total"]) > len(queries) * 11  # the queries with their top 10, all decoded
+    state = page_state(browser, render_comparison([tiny_reid_run, tiny_run], tmp_path / "ab.html"),
+                       tmp_path / "profile")
     assert_loaded(state, {"runs", "settings", "tasks", "curves"})
