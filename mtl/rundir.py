@@ -22,6 +22,9 @@ Every command that writes or reads a run goes through this module: training (``m
                             ``evaluation`` (``scripts/evaluate.py``)
 ``val_predictions.csv``     per validation image: true / predicted class and confidence per task
 ``reid_examples.json``      ranked retrieval examples (``scripts/evaluate.py``)
+``tensorboard/``            TensorBoard event files (``train.tensorboard``): ``tensorboard --logdir runs``
+``export/<format>/``        ``mtl-export``: the artifact (``EXPORT_FILES``) and its ``model.json``
+                            (with the ``serving`` section: input contract, named outputs)
 ==========================  =================================================================
 
 Writes are atomic (``mtl.io``): an interruption never leaves a half-written file. The readers at
@@ -64,7 +67,15 @@ INDEX = "index"  # folder: a gallery's embedding index and attributes (mtl.reid.
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
 BACKUP = "checkpoints/backup"
+TENSORBOARD = "tensorboard"  # TensorBoard event files (train/, validation/): tensorboard --logdir runs
 LOCK = ".lock"
+# mtl-export (mtl.export): RUN/export/<format>/ holds the artifact below and a model.json
+EXPORT = "export"
+EXPORT_FILES = {"saved_model": "saved_model", "litert": "model.tflite", "onnx": "model.onnx"}
+# mtl-predict --images writes into <run>/predictions/ unless --out says otherwise (mtl.predictions)
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS_CSV = "predictions.csv"  # one row per image: path, per task the class name and its probability
+EMBEDDINGS = "embeddings.npy"  # (rows of predictions.csv, D) float32, L2-normalised, in the CSV's row order
 
 # tuning and study folders (written by mtl.tuning / mtl.study, read by the report)
 TRIALS = "trials.csv"
@@ -122,6 +133,15 @@ class ModelInfo:
             normalised: the trunk normalises).
         outputs: output names (tasks, ``embedding``).
         params_total, params_trainable, params_trunk: parameter counts.
+        channel_order, value_range: of the input images.
+        classes: ``{task: [class names]}`` in the order of each task's output (binary tasks: one
+            sigmoid unit, the probability of the second class).
+        preprocessing: what the caller does to an image and what the model does inside
+            (``resize``, ``dtype``, ``normalization``).
+        serving: only in an export folder's ``model.json`` (``mtl.export``): ``format``, ``file``,
+            ``input`` (name, shape, dtype ``uint8``, channel order, value range, resizing),
+            ``outputs`` (``{name: {shape, dtype, kind, classes, ...}}``), ``output_names``,
+            ``size_bytes`` and the measured ``parity`` with the Keras model.
     """
 
     trunk: str
@@ -134,6 +154,9 @@ class ModelInfo:
     params_trunk: int
     channel_order: str = "RGB"
     value_range: list = field(default_factory=lambda: [0, 255])
+    classes: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
+    serving: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -316,11 +339,13 @@ class RunDir:
 
         return load_model(self.file(MODEL))
 
-    def engine_paths(self):
-        """Where the engine keeps training state (``mtl.engine.RunPaths``)."""
+    def engine_paths(self, tensorboard: bool = True):
+        """Where the engine keeps training state (``mtl.engine.RunPaths``); ``tensorboard``: write
+        TensorBoard logs into ``tensorboard/`` (``train.tensorboard``)."""
         from mtl.engine import RunPaths
 
-        return RunPaths(history=self.file(HISTORY), best_weights=self.file(BEST_WEIGHTS), backup=self.file(BACKUP))
+        return RunPaths(history=self.file(HISTORY), best_weights=self.file(BEST_WEIGHTS), backup=self.file(BACKUP),
+                        tensorboard=self.file(TENSORBOARD) if tensorboard else None)
 
     def training_summary(self, monitor: str, kept_epoch: int | None, session_time_s: float) -> TrainingSummary:
         """``TrainingSummary`` from ``history.json``: ``train_time_s`` sums the epochs of every
@@ -506,9 +531,18 @@ def load(path: str | Path) -> RunFiles:
     return rf
 
 
-def sub_runs(path: str | Path) -> list[Path]:
-    """Sub-directories of ``path`` that are runs (hold a ``metrics.json``), sorted by name."""
-    return sorted(p for p in Path(path).iterdir() if p.is_dir() and (p / METRICS).is_file())
+def sub_runs(path: str | Path, depth: int = 2) -> list[Path]:
+    """Folders below ``path`` that are runs (hold a ``metrics.json``), at most ``depth`` levels down
+    (a study keeps its runs in ``<set>/seed<k>``), sorted by their path."""
+    found = []
+    for p in sorted(Path(path).iterdir()):
+        if not p.is_dir():
+            continue
+        if (p / METRICS).is_file():
+            found.append(p)
+        elif depth > 1:
+            found.extend(sub_runs(p, depth - 1))
+    return found
 
 
 def _read(rf: RunFiles, name: str, parse):

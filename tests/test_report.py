@@ -559,12 +559,13 @@ def test_study_report(tmp_path, tiny_study):
     assert "seeds" in text and "Study report: study" in text
 
 
-@pytest.mark.xfail(strict=True, reason="mtl.rundir.sub_runs looks one level down; a study's runs are <set>/seed<N>")
 def test_study_report_lists_its_runs(tmp_path, tiny_study):
     text = html_of(render_report(tiny_study, tmp_path / "s.html"))
     assert section_ids(text) == ["study", "subruns"]
     for r in read_json(tiny_study, "study.json")["runs"]:
         assert report_command(r["run_dir"]) in text
+        label = str(Path(r["run_dir"]).relative_to(tiny_study))  # "gender/seed0", not two rows named "seed0"
+        assert f">{label}<" in text
 
 
 def test_comparison(tmp_path, tiny_reid_run, tiny_run):

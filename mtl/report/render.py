@@ -386,7 +386,8 @@ def _sub_runs_table(path: Path) -> tables.Table | None:
         s = m.get("summary") if isinstance(m.get("summary"), Mapping) else {}
         tr = m.get("training") if isinstance(m.get("training"), Mapping) else {}
         tasks = ", ".join((m.get("tasks") or {}).keys())
-        table.rows.append([tables.Cell(run.name, run.name), tables.Cell(tasks, tasks),
+        label = str(run.relative_to(path))
+        table.rows.append([tables.Cell(label, label), tables.Cell(tasks, tasks),
                            tables.format_value(s.get("mean_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mean_majority_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mA"), tables.PERCENT),
