@@ -11,18 +11,16 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_config
 from mtl import rundir
 from mtl.config import build_config, to_dict
 from mtl.errors import MtlError
 from mtl.rundir import RunDir, plan
 
-TINY = {"data": {"image_height": 32, "image_width": 16, "max_images": 60},
-        "model": {"width": 0.25, "private_multipliers": [4, 2]}, "train": {"epochs": 1, "batch_size": 32}}
-
 
 def tiny_cfg(root, tasks="age,gender", **train):
-    return build_config(TINY, {"tasks": tasks, "data": {"path": str(root)}, "train": train})
+    return tiny_config(root, {"data": {"max_images": 60}, "train": {"epochs": 1, "batch_size": 32}},
+                       tasks=tasks, train=train)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +174,15 @@ def test_a_second_process_on_the_same_folder_stops_with_a_clear_error(tmp_path, 
         holder.kill()
         holder.wait()
     assert not (out / rundir.CONFIG).exists()
+
+
+def test_an_unwritable_out_is_one_error_before_any_image_is_read(tmp_path, synthetic_root, monkeypatch):
+    # reported: a read-only or full --out ended in tracebacks (a full disk in a segfault)
+    from mtl import experiment
+    from mtl.errors import WriteError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(experiment, "prepare", lambda cfg: pytest.fail("data read before the output was checked"))
+    with pytest.raises(WriteError, match="a_file"):
+        experiment.train(tiny_cfg(synthetic_root), blocker / "run", log=None)
