@@ -8,6 +8,7 @@ one batch of images in memory, whatever ``N``.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence
 
 import keras
@@ -29,8 +30,39 @@ def image_batches(paths: Sequence[str], height: int, width: int, batch_size: int
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
+class UnreadableImageError(DataError):
+    """An image of a batch cannot be read or decoded by the pipeline (``extract_features``).
+
+    Callers that skip such images (``mtl.predictions``) catch this, find the files with
+    ``mtl.data.pipeline.drop_unreadable`` and extract again without them.
+    """
+
+
+# errors of reading / decoding one file in the input pipeline (not of the model: out of memory stays itself)
+_IMAGE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+                 tf.errors.DataLossError)
+
+# one traced inference function per model, kept while the model lives: a caller that extracts
+# chunk after chunk with the same model (mtl.predictions) must not retrace it for every chunk
+_INFER: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.GenericFunction]" = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: keras.Model):
+    """``model(images, training=False)`` as one traced function (cached per model)."""
+    infer = _INFER.get(model)
+    if infer is None:
+        # unlike `predict_on_batch`, it also runs a model built under a MirroredStrategy on the whole
+        # batch once (predict_on_batch hands each replica the full batch)
+        # the function holds a weak reference: a strong one (the value keeping its own key alive)
+        # would keep every model ever run in memory (tuning trials, studies)
+        ref = weakref.ref(model)
+        infer = tf.function(lambda images: ref()(images, training=False), reduce_retracing=True)
+        _INFER[model] = infer
+    return infer
+
+
 def extract_features(model: keras.Model, paths: Sequence[str], height: int, width: int, batch_size: int = 64,
-                     desc: str = "extracting features") -> dict[str, np.ndarray]:
+                     desc: str = "extracting features", progress_bar=None) -> dict[str, np.ndarray]:
     """Run ``model`` over images batch by batch; returns ``{output: float32 (N, ...)}``.
 
     The output arrays are allocated once, after the first batch; memory is the outputs plus one
@@ -42,9 +74,12 @@ def extract_features(model: keras.Model, paths: Sequence[str], height: int, widt
         height, width: the model's input size.
         batch_size: images per batch.
         desc: label of the progress bar.
+        progress_bar: a bar (``mtl.progress.progress(None, total=...)``) to advance by the images of
+            each batch, for one bar over several calls; None: a bar of its own.
 
     Raises:
-        DataError: an image cannot be decoded (its path is not known to tf.data; the batch is).
+        UnreadableImageError: an image cannot be read or decoded (its path is not known to tf.data;
+            the batch is). A ``DataError``.
     """
     paths = list(map(str, paths))
     if not paths:
@@ -52,11 +87,11 @@ def extract_features(model: keras.Model, paths: Sequence[str], height: int, widt
     outputs: dict[str, np.ndarray] = {}
     start = 0
     batches = image_batches(paths, height, width, batch_size)
-    # one traced call for every batch; unlike `predict_on_batch`, it also runs a model built under a
-    # MirroredStrategy on the whole batch once (predict_on_batch hands each replica the full batch)
-    infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    infer = _inference_function(model)
+    if progress_bar is None:
+        batches = progress(batches, total=math.ceil(len(paths) / batch_size), desc=desc, min_items=10)
     try:
-        for batch in progress(batches, total=math.ceil(len(paths) / batch_size), desc=desc, min_items=10):
+        for batch in batches:
             result = infer(batch)
             if not isinstance(result, dict):
                 result = {"output": result}
@@ -68,10 +103,12 @@ def extract_features(model: keras.Model, paths: Sequence[str], height: int, widt
                 outputs[name][start:start + len(value)] = value
                 n = len(value)
             start += n
-    except tf.errors.InvalidArgumentError as exc:
+            if progress_bar is not None:
+                progress_bar.update(n)
+    except _IMAGE_ERRORS as exc:
         first = paths[start] if start < len(paths) else "?"
-        raise DataError(f"cannot decode an image of the batch starting at {first}: {exc.message.splitlines()[0]}") \
-            from None
+        raise UnreadableImageError(f"cannot decode (or read) an image of the batch starting at {first}: "
+                                   f"{exc.message.splitlines()[0]}") from None
     return outputs
 
 

@@ -76,3 +76,15 @@ def test_top_k_and_chunked_gallery_ranking_match_a_full_sort():
     full = ((q[:, None] - g[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(ranked, np.argsort(full, axis=1, kind="stable")[:, :100])
     assert rank_gallery(q, g[:30], top=100).shape == (37, 30)
+
+
+def test_rows_that_cannot_be_decoded_get_the_majority_prediction():
+    from mtl.predictions import fill_with_majority
+
+    decoded = np.array([True, False, True, True, False])
+    filled = fill_with_majority({"age": np.array([2, 1, 2]), "hat": np.array([0, 1, 1])}, decoded)
+    np.testing.assert_array_equal(filled["age"], [2, 2, 1, 2, 2])
+    np.testing.assert_array_equal(filled["hat"], [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(fill_with_majority({"age": np.array([3, 0])}, [True] * 2)["age"], [3, 0])
+    with pytest.raises(DataError, match="2 predictions for 3 decoded rows"):
+        fill_with_majority({"age": np.array([0, 1])}, decoded)

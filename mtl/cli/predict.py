@@ -1,19 +1,39 @@
-"""Write the course deliverables of a Market-1501 course-layout folder with a trained run.
+"""Predict with a trained run: on any images (--images), or the course deliverables (--data).
+
+Any images (pedestrian and product runs alike):
+
+  mtl-predict --run R --images PATH [PATH ...] [--out DIR] [--probabilities]
+
+  PATH is an image file, a folder (searched recursively for .jpg .jpeg .png .bmp .gif; hidden
+  names left out) or a .txt file of paths, one per line (relative paths: from the list's folder).
+  Written into --out (default: R/predictions/):
+    predictions.csv      one row per image, in the order listed: path, then per attribute task
+                         <task> (the predicted class name) and <task>_prob (its probability);
+                         with --probabilities also <task>=<class> for every class
+    embeddings.npy       with the identity task: float32 (rows, D), L2-normalised descriptors;
+                         row i is data row i of predictions.csv
+    skipped_images.csv   images that cannot be read or decoded (path, reason); they have no row
+  Images go through the model 4,096 at a time: memory stays bounded for millions of paths.
+
+Course deliverables of a Market-1501 course-layout folder (only test/ and queries/ are needed):
 
   classification_test.csv  one row per test/ image (sorted): file_name, then the attribute columns
                            in the order and coding of annotations_train.csv (1/2, age 1-4, one-hot
                            1/2 colour columns plus upmulticolor / downmulticolor). Written when the
                            run predicts Market attributes; attributes the run lacks have no column
-                           (the command lists them).
+                           (the command lists them). A test/ image the pipeline cannot decode still
+                           gets its row (graders expect one per file), predicted as the class the
+                           model predicts most often over the other test/ images; the command says so.
   reid_test.txt            one line per queries/ image (sorted): "000123.jpg: 004567.jpg, ...", the
-                           test/ gallery ranked best first, --top images (default 100).
-
-Retrieval uses the run's identity embedding (BN-neck output), or the pooled trunk features of a
-run without the identity task. Features are extracted batch by batch with a progress bar: memory
-is the descriptors plus one batch, and the distances are computed a block of queries at a time
-(re-ranking, when asked, holds one queries x gallery matrix).
+                           test/ gallery ranked best first, --top images (default 100). Images that
+                           cannot be decoded are left out of the rankings (and a query gets no line).
+  Written into --out (default: the run directory). Retrieval uses the run's identity embedding
+  (BN-neck output), or the pooled trunk features of a run without the identity task; distances are
+  computed a block of queries at a time (re-ranking, when asked, holds one queries x gallery matrix).
 
 Examples:
+    mtl-predict --run runs/joint --images photos/ more.jpg --out predictions/
+    mtl-predict --run runs/products --images list.txt --probabilities
     mtl-predict --run runs/reid --data ../shared/data/market1501-course
     mtl-predict --run runs/joint --out deliverables/ --top 50 --rerank
 
@@ -29,62 +49,111 @@ from pathlib import Path
 from mtl.cli.common import new_parser, run_main
 from mtl.errors import DataError
 
+DEFAULT_TOP = 100
+
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``mtl-predict``."""
     p = new_parser("predict", __doc__)
     p.add_argument("--run", required=True, help="run directory written by mtl-train")
-    p.add_argument("--data", help="course-layout folder with test/ and queries/ (default: the run's data folder)")
-    p.add_argument("--out", help="folder for the deliverable files (default: the run directory)")
-    p.add_argument("--top", type=int, default=100, help="gallery images listed per query (default 100)")
-    p.add_argument("--distance", default="cosine", choices=["cosine", "euclidean"],
-                   help="descriptor distance: cosine (default) or euclidean on the raw BN-neck output")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--images", nargs="+", metavar="PATH",
+                        help="image files, folders (recursive) or .txt lists of paths: writes predictions.csv")
+    source.add_argument("--data", help="course-layout folder with test/ and queries/: writes the course deliverables "
+                                       "(default, without --images: the run's data folder)")
+    p.add_argument("--out", help="output folder (default: RUN/predictions/ with --images, the run directory for the "
+                                 "deliverables)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="with --images: also one column per class, <task>=<class>")
+    p.add_argument("--top", type=int, help=f"deliverables: gallery images listed per query (default {DEFAULT_TOP})")
+    p.add_argument("--distance", choices=["cosine", "euclidean"],
+                   help="deliverables: descriptor distance, cosine (default) or euclidean on the raw BN-neck output")
     p.add_argument("--rerank", action="store_true",
-                   help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the whole test gallery")
-    p.add_argument("--batch-size", type=int, help="images per batch of feature extraction (default: the run's)")
+                   help="deliverables: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the whole test gallery")
+    p.add_argument("--batch-size", type=int, help="images per batch of inference (default: the run's)")
     return p
 
 
 def main(argv=None) -> int:
-    """Write the deliverables as ``mtl-predict`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+    """Predict as ``mtl-predict`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Raises:
-        MtlError: bad input (run, data folder, --top); :func:`entry` prints it as one line.
+        MtlError: bad input (run, images, data folder, flags); :func:`entry` prints it as one line.
     """
     args = parser().parse_args(argv)
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise DataError(f"--top must be >= 1, got {args.top}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.images:
+        given = [flag for flag, value in (("--top", args.top), ("--distance", args.distance),
+                                          ("--rerank", args.rerank)) if value]
+        if given:
+            raise DataError(f"{', '.join(given)}: only for the course deliverables (--data), not with --images")
+        return predict_any_images(args)
+    if args.probabilities:
+        raise DataError("--probabilities goes with --images (the deliverables have fixed columns)")
+    return write_deliverables(args)
+
+
+def predict_any_images(args: argparse.Namespace) -> int:
+    """``--images``: ``predictions.csv`` (and ``embeddings.npy``) for the images named."""
+    from mtl.data.images import list_images
+    from mtl.io import ensure_writable
+    from mtl.rundir import PREDICTIONS_DIR, RunDir, load_run
+
+    paths = list_images(args.images)  # a typo fails here, before the model is loaded
+    out = Path(args.out) if args.out else Path(args.run) / PREDICTIONS_DIR
+    run = load_run(args.run, model=False)  # a folder that is not a run: one line, before any work
+    ensure_writable(out)
+    from mtl.predictions import predict_images
+
+    cfg = run.config
+    start = time.time()
+    print(f"{len(paths)} image(s) to predict with {run.run_dir}", flush=True)
+    result = predict_images(RunDir(args.run).load_model(), run.tasks, paths, cfg.data.image_height,
+                            cfg.data.image_width, out, batch_size=args.batch_size or cfg.train.batch_size,
+                            probabilities=args.probabilities, log=lambda line: print(line, flush=True))
+    print(f"written: {result.csv} ({result.rows} rows)", flush=True)
+    if result.embeddings is not None:
+        print(f"written: {result.embeddings} (row i = row i of {result.csv.name})", flush=True)
+    print(f"done in {time.time() - start:.0f} s", flush=True)
+    return 0
+
+
+def write_deliverables(args: argparse.Namespace) -> int:
+    """``--data`` (or the run's data folder): ``classification_test.csv`` and ``reid_test.txt``."""
     import numpy as np
 
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.relabel import load_for_run
     from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
                                   rank_gallery, top_k_rows, write_classification_csv, write_reid_txt)
-    from mtl.rundir import load_run
-    from mtl.metrics import class_probabilities
     from mtl.inference import extract_features
-    from mtl.reid.embedding import embedding_layer_name, feature_model
-
     from mtl.io import ensure_writable, make_folder
+    from mtl.metrics import class_probabilities
+    from mtl.predictions import fill_with_majority
+    from mtl.reid.embedding import embedding_layer_name, feature_model
+    from mtl.rundir import load_run
 
+    top, distance = args.top or DEFAULT_TOP, args.distance or "cosine"
     out = Path(args.out) if args.out else Path(args.run)
     ensure_writable(out)  # before hours of extraction
     run = load_run(args.run)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
-    # the one reader of data for an existing run (labels, where read, follow the run's class table)
-    source, _ = load_for_run(root, "market1501_course", run.tasks, require_labels=False)
-    gallery = source.subset("test")
+    if not (root / "test").is_dir():
+        raise DataError(f"{root}: no test/ folder: the course deliverables need test/ (and queries/ for "
+                        f"{REID_FILE}); to predict on any images: mtl-predict --run {args.run} --images {root}")
+    # the one reader of data for an existing run; only test/ and queries/ are read (no train/ needed)
+    source, _ = load_for_run(root, "market1501_course", run.tasks, require_labels=False, train=False)
+    gallery_all = source.subset("test")
     queries = source.subset("query")
-    if gallery.empty:
+    if gallery_all.empty:
         raise DataError(f"{root}: no test/ images to predict")
-    # a file the pipeline cannot decode would stop feature extraction: it is left out, and said so
-    gallery, skipped_gallery = drop_unreadable(gallery)
+    # a file the pipeline cannot decode would stop feature extraction: it is left out of the extraction
+    gallery, skipped_gallery = drop_unreadable(gallery_all)
     queries, skipped_queries = drop_unreadable(queries)
-    for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
-        if len(skipped):
-            print(f"{name}: skipped {len(skipped)} image(s) the pipeline cannot decode (no row / line for them): "
-                  + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
     if gallery.empty:
         raise DataError(f"{root}: no test/ image can be decoded")
     make_folder(out)
@@ -93,17 +162,26 @@ def main(argv=None) -> int:
     attr_tasks = [t for t in run.tasks if t.name in deliverable]
     layer = embedding_layer_name(run.model)
     start = time.time()
+    for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
+        if len(skipped):
+            print(f"{name}: {len(skipped)} image(s) the pipeline cannot decode: "
+                  + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
 
     print(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}", flush=True)
     outputs = extract_features(feature_model(run.model, [layer] + [t.name for t in attr_tasks]), gallery["path"],
                                h, w, batch, desc="test/ images")
     if attr_tasks:
         predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
-        frame = classification_frame(gallery["path"], predictions)
+        decoded = ~gallery_all["path"].isin(skipped_gallery["path"]).to_numpy()
+        frame = classification_frame(gallery_all["path"], fill_with_majority(predictions, decoded))
         write_classification_csv(out / CLASSIFICATION_FILE, frame)
         missing = sorted(deliverable - set(predictions))
         note = f" (the run does not predict {', '.join(missing)}: no columns for them)" if missing else ""
         print(f"written: {out / CLASSIFICATION_FILE} ({len(frame)} rows){note}", flush=True)
+        if len(skipped_gallery):
+            print(f"note: {CLASSIFICATION_FILE} lists the {len(skipped_gallery)} test/ image(s) that cannot be "
+                  "decoded too (one row per file), with the class the model predicts most often over the other "
+                  "test/ images", flush=True)
     else:
         print(f"the run predicts no Market attribute: {CLASSIFICATION_FILE} not written", flush=True)
 
@@ -119,11 +197,15 @@ def main(argv=None) -> int:
         from mtl.reid.rerank import re_ranking_features
 
         print("re-ranking (k-reciprocal) ...", flush=True)
-        ranking = top_k_rows(re_ranking_features(q_feat, g_feat, metric=args.distance, **RERANK_PARAMS), args.top)
+        ranking = top_k_rows(re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS), top)
     else:
-        ranking = rank_gallery(q_feat, g_feat, args.top, args.distance)
+        ranking = rank_gallery(q_feat, g_feat, top, distance)
     write_reid_txt(out / REID_FILE, queries["path"], gallery["path"], ranking)
-    print(f"written: {out / REID_FILE} ({len(queries)} queries x top {ranking.shape[1]}) "
+    note = ""
+    if len(skipped_gallery) or len(skipped_queries):
+        note = (f"; left out as they cannot be decoded: {len(skipped_gallery)} test/ and {len(skipped_queries)} "
+                "queries/ image(s)")
+    print(f"written: {out / REID_FILE} ({len(queries)} queries x top {ranking.shape[1]}){note} "
           f"in {time.time() - start:.0f} s")
     return 0
 

@@ -126,13 +126,25 @@ def detect(root: str | Path) -> bool:
     return (root / "annotations_train.csv").is_file() and (root / "train").is_dir()
 
 
-def load(root: str | Path) -> SourceData:
+def load(root: str | Path, train: bool = True) -> SourceData:
     """Read a course-layout folder into a SourceData (see module docstring).
 
+    Args:
+        root: the folder.
+        train: read ``train/`` and ``annotations_train.csv`` (training, evaluation). ``False``
+            reads only the unlabelled ``test/`` and ``queries/`` (what the course deliverables
+            need): ``train/`` and the CSV may then be absent, ``test/`` must be there, and every
+            task column is ``-1``.
+
     Raises:
-        DataError: missing folder or CSV, bad CSV value, or a train identity without a row.
+        DataError: missing folder or CSV, bad CSV value, or a train identity without a row;
+            (``train=False``) no ``test/`` folder.
     """
     root = Path(root).resolve()
+    tasks = market_tasks()
+    if not train:
+        return SourceData(NAME, str(root), make_table(unlabelled_rows(root, require_test=True), tasks), tasks,
+                          dict(MARKET_ALIASES))
     train_dir = require_dir(root / "train", "Market-1501 course layout")
     csv = require_file(root / "annotations_train.csv", "Market-1501 course layout")
     annotations = pd.read_csv(csv)
@@ -147,7 +159,6 @@ def load(root: str | Path) -> SourceData:
     if labels.index.duplicated().any():
         dup = labels.index[labels.index.duplicated()][0]
         raise DataError(f"{csv}: identity {dup} has more than one row")
-    tasks = market_tasks()
     rows = []
     unlabelled: set[int] = set()
     for path in list_images(train_dir):
@@ -163,7 +174,22 @@ def load(root: str | Path) -> SourceData:
             f"{csv}: no annotation row for {len(unlabelled)} identities of train/ "
             f"(e.g. {sorted(unlabelled)[:5]})"
         )
+    rows += unlabelled_rows(root)
+    return SourceData(NAME, str(root), make_table(rows, tasks), tasks, dict(MARKET_ALIASES))
+
+
+def unlabelled_rows(root: Path, require_test: bool = False) -> list[dict]:
+    """Rows of the unlabelled ``queries/`` (subset ``query``) and ``test/`` (subset ``test``) images.
+
+    Args:
+        root: the course-layout folder.
+        require_test: raise when ``test/`` is missing (the deliverables cannot be made without it).
+    """
+    if require_test and not (root / "test").is_dir():
+        raise DataError(f"Market-1501 course layout: folder not found: {root / 'test'} (the course deliverables "
+                        f"need test/, and queries/ for reid_test.txt)")
+    rows = []
     for folder, subset in (("queries", "query"), ("test", "test")):
         if (root / folder).is_dir():
             rows += [{"path": str(p), "subset": subset} for p in list_images(root / folder)]
-    return SourceData(NAME, str(root), make_table(rows, tasks), tasks, dict(MARKET_ALIASES))
+    return rows
