@@ -40,92 +40,124 @@ TUNERS = ("random", "bayesian", "hyperband")
 MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
 
 
+def _key(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its meaning: ``--show-config`` lists it (:func:`describe_keys`).
+
+    Args:
+        default: the default value.
+        help: what the key means (one line); every key has one (a test checks it).
+        factory: instead of ``default``, a function making it (mutable defaults: ``dict``).
+
+    Returns:
+        A ``dataclasses.field`` whose ``metadata["help"]`` is ``help``.
+    """
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    path: str | None = None  # None: the embedded synthetic dataset
-    format: str = "auto"  # a key of mtl.data.sources.FORMATS, or auto-detect
-    image_height: int = 128
-    image_width: int = 64
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    rare_threshold: float = 0.01  # product data: classes rarer than this are grouped as "other"
-    cache: bool = True  # cache decoded images in memory (small datasets)
-    max_images: int = 0  # 0: all; otherwise a deterministic subset of identities (quick runs)
-    val_identities: int = 0  # > 0: hold out exactly this many identities for validation (overrides val_fraction)
-    # tasks the train/val split is stratified on (default: the trained tasks); a task-set study
-    # fixes it so that every task set is trained and validated on the same images
-    stratify: str | None = None
+    """Where the images come from, their size and the train/validation split."""
+
+    path: str | None = _key(None, "data folder; null: the embedded synthetic pedestrians")
+    format: str = _key("auto", f"on-disk format: auto (detected) or {', '.join(FORMAT_NAMES)}")
+    image_height: int = _key(128, "images are resized to this height (pixels)")
+    image_width: int = _key(64, "images are resized to this width (pixels)")
+    val_fraction: float = _key(0.2, "share of the identities held out for validation")
+    split_seed: int = _key(0, "seed of the train/validation split and of the max_images subset")
+    rare_threshold: float = _key(0.01, "product data: classes rarer than this share are grouped as 'other'")
+    cache: bool = _key(True, "cache decoded images in memory (small datasets)")
+    max_images: int = _key(0, "0: all; otherwise a deterministic subset of whole identities (quick runs)")
+    val_identities: int = _key(0, "> 0: hold out exactly this many identities for validation (overrides "
+                                  "val_fraction)")
+    # a task-set study fixes it so that every task set is trained and validated on the same images
+    stratify: str | None = _key(None, "tasks the train/validation split is stratified on; null: the trained tasks")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    flip: bool = True
-    pad_crop: int = 8  # pixels of padding before a random crop back to size; 0 disables
-    color_jitter: float = 0.2  # max relative brightness/contrast/saturation change; 0 disables
-    random_erasing: float = 0.5  # probability; 0 disables
+    """Random changes to the training images (validation images are never changed)."""
+
+    flip: bool = _key(True, "mirror images left-right at random")
+    pad_crop: int = _key(8, "pixels of padding before a random crop back to size; 0 disables")
+    color_jitter: float = _key(0.2, "max relative brightness/contrast/saturation change; 0 disables")
+    random_erasing: float = _key(0.5, "probability of blanking a random rectangle; 0 disables")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    trunk: str = "resnet_small"
-    weights: str | None = None  # None, "imagenet" or a local weights file
-    width: float = 1.0  # width multiplier of the small residual trunks
-    head: str = "private"  # private (per-task hidden layers) or public (shared hidden layers)
-    public_units: tuple[int, ...] = (384, 384)
-    private_multipliers: tuple[int, ...] = (16, 8)  # private hidden widths = m x num_classes
-    task_units: int = 128  # per-task dense layer before the output in public heads
-    dropout: float = 0.3
-    embedding_dim: int = 256  # identity task
+    """The network: a shared trunk and one head per task."""
+
+    trunk: str = _key("resnet_small", f"shared trunk: {', '.join(TRUNK_NAMES)}")
+    weights: str | None = _key(None, "trunk weights: null (random), imagenet or a local weights file")
+    width: float = _key(1.0, "width multiplier of the small residual trunks (resnet_small, resnet18ish)")
+    head: str = _key("private", "private: hidden layers per task; public: hidden layers shared by the tasks")
+    public_units: tuple[int, ...] = _key((384, 384), "public heads: widths of the shared hidden layers")
+    private_multipliers: tuple[int, ...] = _key((16, 8), "private heads: hidden widths = m x the task's "
+                                                         "number of classes")
+    task_units: int = _key(128, "public heads: width of each task's dense layer before its output")
+    dropout: float = _key(0.3, "dropout rate in the heads")
+    embedding_dim: int = _key(256, "identity task: size of the re-identification embedding (0: pooled features)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adamw"  # adam | adamw | sgd (Nesterov momentum 0.9)
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-4
-    trunk_lr_multiplier: float = 1.0  # < 1 for a pretrained trunk
-    freeze_trunk_epochs: int = 0  # pretrained trunks: train heads only for this many epochs first
-    warmup_epochs: int = 1
-    schedule: str = "cosine"  # cosine | step | constant
-    step_epochs: int = 10  # step schedule: divide by 10 every step_epochs
-    patience: int | None = None  # None: max(6, 1 + sqrt(epochs)), as in the seeds
-    keep: str = "best"  # best: early stopping, end with the lowest-validation-loss epoch | last: full schedule
-    loss_weights: dict[str, float] = field(default_factory=dict)  # task -> weight, default 1
-    class_weighting: bool = False  # weight classes by inverse frequency (capped)
-    label_smoothing: float = 0.0
-    seed: int = 0
-    # make TensorFlow's ops deterministic (tf.config.experimental.enable_op_determinism): with the
-    # same seed, the same command on the same machine gives the same results, somewhat more slowly
-    deterministic: bool = False
-    mixed_precision: bool = False  # GPU only: float16 compute
-    jit_compile: bool = False  # XLA: slower on CPU, keep off there
-    distribute: str = "none"  # none | mirrored
-    steps_per_epoch: int = 0  # 0: one pass over the data
+    """The training recipe: schedule, optimizer, losses, batches."""
+
+    epochs: int = _key(30, "maximum number of epochs (early stopping may end sooner)")
+    batch_size: int = _key(64, "images per batch")
+    optimizer: str = _key("adamw", "adam, adamw or sgd (Nesterov momentum 0.9)")
+    learning_rate: float = _key(1e-3, "peak learning rate (after the warm-up)")
+    weight_decay: float = _key(5e-4, "weight decay of adamw and sgd (adam has none)")
+    trunk_lr_multiplier: float = _key(1.0, "the trunk's learning rate = this x learning_rate (< 1 for a "
+                                           "pretrained trunk; 0 holds it still)")
+    freeze_trunk_epochs: int = _key(0, "pretrained trunks: train the heads only for this many epochs first")
+    warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up")
+    schedule: str = _key("cosine", "learning-rate schedule after the warm-up: cosine, step or constant")
+    step_epochs: int = _key(10, "step schedule: divide the learning rate by 10 every step_epochs")
+    patience: int | None = _key(None, "early stopping: epochs without a better validation loss; "
+                                      "null: max(6, 1 + sqrt(epochs))")
+    keep: str = _key("best", "best: early stopping, keep the lowest-validation-loss epoch; last: the full "
+                             "schedule, keep the last epoch")
+    loss_weights: dict[str, float] = _key(factory=dict, help="task -> weight of its loss (default 1), "
+                                                             "e.g. age:2,gender:0.5")
+    class_weighting: bool = _key(False, "weight classes by inverse frequency (capped)")
+    label_smoothing: float = _key(0.0, "label smoothing of the attribute tasks' cross-entropy")
+    seed: int = _key(0, "seed of the weights, augmentation and batch order")
+    # tf.config.experimental.enable_op_determinism
+    deterministic: bool = _key(False, "deterministic ops: the same command and seed on the same machine give "
+                                      "the same results, somewhat more slowly")
+    mixed_precision: bool = _key(False, "GPU only: float16 compute")
+    jit_compile: bool = _key(False, "compile with XLA (slower on CPU: keep off there)")
+    distribute: str = _key("none", "none, or mirrored: one model copy per local GPU")
+    steps_per_epoch: int = _key(0, "optimizer steps per epoch; 0: one pass over the training data")
     # identity task (re-identification), see mtl.reid
-    sampler: str = "auto"  # auto (pk with the identity task, else random) | pk | random
-    p_identities: int = 0  # P of P x K batches; 0: batch_size // k_images
-    k_images: int = 4  # K of P x K batches: images per identity
-    triplet_margin: float | None = 0.3  # batch-hard triplet loss margin; None: soft margin
-    id_label_smoothing: float = 0.1  # label smoothing of the identity cross-entropy
-    center_loss: float = 0.0  # weight of the centre loss (BoT: 5e-4); 0: off
+    sampler: str = _key("auto", "batches: pk (P identities x K images), random, or auto (pk with the "
+                                "identity task)")
+    p_identities: int = _key(0, "P of P x K batches; 0: batch_size // k_images")
+    k_images: int = _key(4, "K of P x K batches: images per identity")
+    triplet_margin: float | None = _key(0.3, "identity task: batch-hard triplet loss margin; null: soft margin")
+    id_label_smoothing: float = _key(0.1, "identity task: label smoothing of its cross-entropy")
+    center_loss: float = _key(0.0, "identity task: weight of the centre loss (BoT: 5e-4); 0: off")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """Hyperparameter search (``scripts/tune.py``, ``mtl.tuning``); training ignores this section."""
 
-    tuner: str = "bayesian"  # random | bayesian | hyperband
-    max_trials: int = 10
-    objective: str = "masked_loss"  # e.g. age.accuracy, "age.accuracy,gender.accuracy" (mean), mA, reid_mAP
-    patience: int | None = None  # early stopping inside each trial; None: the training rule (patience_for)
-    space: dict[str, Any] = field(default_factory=dict)  # narrows or fixes the search space (mtl.tuning)
+    tuner: str = _key("bayesian", "search strategy: random, bayesian or hyperband")
+    max_trials: int = _key(10, "number of trials")
+    objective: str = _key("masked_loss", "what the search optimises: masked_loss, a task metric (age.accuracy), "
+                                         "several (mean), mA or reid_mAP")
+    patience: int | None = _key(None, "early stopping inside each trial; null: the training rule")
+    space: dict[str, Any] = _key(factory=dict, help="narrows or fixes the search space: config key -> value, "
+                                                     "list or {min, max}, e.g. model.dropout: [0.1, 0.3]")
 
 
 @dataclass(frozen=True)
 class Config:
-    tasks: str = "all"
+    """A whole run: its tasks and one section per part."""
+
+    tasks: str = _key("all", "comma-separated task names, aliases (color) or all; --tasks help lists them")
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -476,6 +508,96 @@ def config_keys(cfg_type: type = Config, prefix: str = "") -> dict[str, Any]:
         else:
             keys[f"{prefix}{f.name}"] = hints[f.name]
     return keys
+
+
+def _field(key: str) -> dataclasses.Field:
+    """The dataclass field of a dotted key (``train.epochs``)."""
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``str | None``, ``tuple[int, ...]``: a key's type as Python spells it."""
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def format_value(value: Any) -> str:
+    """A value as it is written in YAML or after ``--set KEY=`` (``null``, ``true``, ``[384, 384]``)."""
+    plain = list(value) if isinstance(value, tuple) else value
+    text = yaml.safe_dump(plain, default_flow_style=True, width=1_000_000).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key as ``--show-config`` lists it.
+
+    Attributes:
+        key: dotted name (``train.epochs``), as ``--set`` and YAML files spell it.
+        section: the part before the dot (``""`` for top-level keys such as ``tasks``).
+        type: the declared type (``int``, ``str | None``).
+        default: the dataclass default.
+        value: the value in the config described (the default when none is given).
+        help: the field's meaning (``metadata["help"]``).
+    """
+
+    key: str
+    section: str
+    type: str
+    default: Any
+    value: Any
+    help: str
+
+
+def describe_keys(cfg: Config | None = None) -> list[KeyInfo]:
+    """Every config key with its type, default and meaning, read from the dataclasses.
+
+    Args:
+        cfg: a resolved config whose values are reported too (default: the defaults).
+
+    Returns:
+        One entry per leaf key, in declaration order (the order of ``config_keys``).
+    """
+    defaults, cfg = Config(), cfg or Config()
+    return [KeyInfo(key, key.rpartition(".")[0], _type_name(annotation), _get(defaults, key), _get(cfg, key),
+                    _field(key).metadata.get("help", ""))
+            for key, annotation in config_keys().items()]
+
+
+def format_keys(cfg: Config | None = None) -> str:
+    """The text of ``--show-config``: one line ``key  type  default  meaning`` per key, by section.
+
+    Args:
+        cfg: the resolved config; where it differs from the defaults a ``value`` column shows its
+            values (``=`` on the keys it leaves at their default).
+
+    Returns:
+        Lines whose columns are separated by at least two spaces (no column holds two in a row).
+    """
+    keys = describe_keys(cfg)
+    changed = any(k.value != k.default for k in keys)
+    rows = [["key", "type", "default"] + (["value"] if changed else []) + ["meaning"]]
+    sections = []
+    for k in keys:
+        if k.section not in sections:
+            sections.append(k.section)
+    for k in keys:
+        value = [format_value(k.value) if k.value != k.default else "="] if changed else []
+        rows.append([k.key, k.type, format_value(k.default), *value, k.help])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+
+    def line(row):
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
+
+    lines = ["Config keys: set them with --set KEY=VALUE or in a --config YAML file (sections as mappings).",
+             "", line(rows[0])]
+    for section in sections:
+        lines += ["", f"[{section or 'top level'}]"]
+        lines += [line(r) for r, k in zip(rows[1:], keys) if k.section == section]
+    return "\n".join(lines)
 
 
 def _type_problem(value: Any, annotation: Any) -> str | None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mtl.config import FORMAT_NAMES, Config, build_config, load_yaml, parse_overrides
+from mtl.config import FORMAT_NAMES, Config, build_config, format_keys, load_yaml, parse_overrides, task_names
 from mtl.errors import MtlError
 
 # ``--format``'s valid values, listed in every --help (validated by mtl.config, whose one-line
@@ -49,10 +49,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data folder (default: the embedded synthetic pedestrians, generated on first use)")
     p.add_argument("--format", metavar="FORMAT",
                    help=f"data format: {one_of(FORMAT_CHOICES)} (default auto: detected from the folder's layout)")
-    p.add_argument("--tasks", help="comma-separated tasks, an alias (color) or all (default: all attributes)")
+    p.add_argument("--tasks", help="comma-separated tasks, an alias (color) or all (default: all attributes); "
+                                   "--tasks help lists the data's tasks and exits")
     p.add_argument("--config", help="YAML config file (see configs/); flags and --set override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.epochs=5 --set model.dropout=0.5 (repeatable)")
+                   help="override any config key, e.g. --set train.epochs=5 --set model.dropout=0.5 (repeatable); "
+                        "--set help is --show-config")
+    p.add_argument("--show-config", action="store_true",
+                   help="list every config key with its type, default and meaning (and the value that --config, "
+                        "flags and --set give it), then exit")
 
 
 def config_from_args(args: argparse.Namespace, flag_values: dict | None = None) -> Config:
@@ -73,7 +78,55 @@ def config_from_args(args: argparse.Namespace, flag_values: dict | None = None) 
     for section, values in (flag_values or {}).items():
         flags.setdefault(section, {}).update(values)
     flags = _drop_none(flags)
-    return build_config(load_yaml(args.config) if args.config else None, flags, parse_overrides(args.set))
+    overrides = parse_overrides([item for item in args.set if item != HELP])  # --set help: see show_info
+    return build_config(load_yaml(args.config) if args.config else None, flags, overrides)
+
+
+HELP = "help"  # --tasks help, --set help
+
+
+def show_info(args: argparse.Namespace, cfg: Config) -> bool:
+    """Answer ``--show-config`` (or ``--set help``) and ``--tasks help``, if asked.
+
+    A command calls it right after :func:`config_from_args` and returns 0 when it answers True:
+    nothing is trained or written (``--tasks help`` on the embedded default data generates that
+    data into its cache on first use, as training would).
+
+    Args:
+        args: parsed arguments of a parser with :func:`add_common_args`.
+        cfg: the config they resolve to.
+
+    Returns:
+        True when something was printed and the command should end.
+
+    Raises:
+        MtlError: ``--tasks help`` on a data folder that cannot be read.
+    """
+    if args.show_config or HELP in args.set:
+        print(format_keys(cfg))
+        return True
+    if HELP in task_names(cfg.tasks):
+        from mtl.data.sources import describe_tasks, load_source
+        from mtl.data.synthetic import ensure_synthetic
+
+        # the data folder as mtl.data.prepare.data_root finds it (that module imports TensorFlow)
+        root = cfg.data.path or ensure_synthetic()
+        print(describe_tasks(load_source(root, cfg.data.format, rare_threshold=cfg.data.rare_threshold)))
+        return True
+    return False
+
+
+def require(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """argparse's check of required flags, made after :func:`show_info` (``--show-config`` needs no ``--out``).
+
+    Args:
+        p: the command's parser (its error exits 2 with the usage line).
+        args: the parsed arguments.
+        *names: attribute names of the required flags (``out`` for ``--out``).
+    """
+    missing = ["--" + n.replace("_", "-") for n in names if getattr(args, n) is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
 
 
 def _drop_none(d: dict) -> dict:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main
+from mtl.cli.common import (add_common_args, command_line, config_from_args, new_parser, one_of, require, run_main,
+                            show_info)
 from mtl.config import TRUNK_NAMES
 from mtl.errors import ConfigError
 
@@ -30,16 +31,16 @@ def parser() -> argparse.ArgumentParser:
     """The arguments of ``mtl-study``."""
     p = new_parser("study", __doc__)
     add_common_args(p)  # --tasks is ignored: the study picks the tasks of each set
-    p.add_argument("--main", required=True, help="the main task (a name or an alias of one task, e.g. articleType)")
-    p.add_argument("--aux", required=True,
-                   help="comma-separated auxiliary tasks, each added to the main task on its own "
+    p.add_argument("--main", help="the main task (a name or an alias of one task, e.g. articleType; required)")
+    p.add_argument("--aux",
+                   help="required: comma-separated auxiliary tasks, each added to the main task on its own "
                         "(an alias such as colour counts as one)")
     p.add_argument("--all", action="store_true", help="also train the main task with every auxiliary task together")
     p.add_argument("--seeds", help="comma-separated training seeds (default: train.seed); several give a mean and spread")
     p.add_argument("--epochs", type=int, help="maximum epochs of each training (early stopping may end it sooner)")
     p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(TRUNK_NAMES)} (default resnet_small)")
     p.add_argument("--weights", help="trunk weights: none, imagenet, or a local .weights.h5 file")
-    p.add_argument("--out", required=True, help="output folder of the study")
+    p.add_argument("--out", help="output folder of the study (required)")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain run folders of --out that were trained with another recipe (otherwise an error)")
     return p
@@ -51,9 +52,13 @@ def main(argv=None) -> int:
     Raises:
         MtlError: bad input (config, tasks, --seeds, --out in use); :func:`entry` prints it as one line.
     """
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     cfg = config_from_args(args, {"model": {"trunk": args.trunk, "weights": args.weights},
                                   "train": {"epochs": args.epochs}})
+    if show_info(args, cfg):
+        return 0
+    require(p, args, "main", "aux", "out")  # not argparse's required=True: --show-config needs none of them
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     except ValueError:

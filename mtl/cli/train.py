@@ -9,6 +9,8 @@ Examples:
     mtl-train --data ../shared/data/market1501-course --tasks all --out runs/market
     mtl-train --config configs/market1501_cpu.yaml --set train.epochs=5
     mtl-train --trunk efficientnet_lite0 --weights imagenet --head public --tasks all --report
+    mtl-train --tasks help --data DIR                           # the tasks of a dataset
+    mtl-train --show-config                                     # every config key: type, default, meaning
 
 From a checkout without installing: python scripts/train.py (same flags).
 """
@@ -19,7 +21,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main
+from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main, show_info
 from mtl.config import HEADS, TRUNK_NAMES
 
 
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cfg = config_from_args(args, {"model": {"trunk": args.trunk, "weights": args.weights, "head": args.head},
                                   "train": {"epochs": args.epochs, "batch_size": args.batch_size}})
+    if show_info(args, cfg):
+        return 0
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.tasks.replace(',', '-')}")
     from mtl.experiment import train
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main
+from mtl.cli.common import (add_common_args, command_line, config_from_args, new_parser, one_of, require, run_main,
+                            show_info)
 from mtl.config import TUNERS
 
 
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum epochs of one trial (early stopping may end it sooner)")
     p.add_argument("--patience", type=int,
                    help="early-stopping patience inside a trial (default: tune.patience, else the training rule)")
-    p.add_argument("--out", required=True, help="output folder of the search")
+    p.add_argument("--out", help="output folder of the search (required)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the search already in --out (an error if its settings changed)")
@@ -64,10 +65,14 @@ def main(argv=None) -> int:
         MtlError: bad input (config, objective, --out in use or with other settings); :func:`entry`
             prints it as one line.
     """
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     cfg = config_from_args(args, {"train": {"epochs": args.epochs},
                                   "tune": {"tuner": args.tuner, "max_trials": args.max_trials,
                                            "objective": args.objective, "patience": args.patience}})
+    if show_info(args, cfg):
+        return 0
+    require(p, args, "out")
     from mtl.tuning import run_search
 
     command = command_line("tune", argv)

@@ -47,3 +47,39 @@ def load_source(root: str | Path, format: str = "auto", **options) -> SourceData
     load = format_module(name).load
     accepted = inspect.signature(load).parameters
     return load(root, **{k: v for k, v in options.items() if k in accepted})
+
+
+def describe_tasks(source: SourceData) -> str:
+    """The text of ``--tasks help``: a dataset's tasks with their kind and classes, its aliases and
+    whether it can train the identity task.
+
+    Args:
+        source: the dataset as read by :func:`load_source`.
+
+    Returns:
+        Lines naming the format and folder, one line per task (``name  kind  N classes: a, b, ...``),
+        the aliases, ``all``, and ``identity`` when the labelled images carry identities.
+    """
+    from mtl.tasks import IDENTITY
+
+    labelled = source.subset("train")
+
+    def classes(names, shown=12):  # product tasks have a hundred classes: the first few tell enough
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        return f"{len(names)} classes: {', '.join(names[:shown])}{more}"
+
+    rows = [(spec.name, spec.kind, classes(spec.classes)) for spec in source.tasks.values()]
+    ids = labelled.loc[labelled["identity"] >= 0, "identity"]
+    # the rules of mtl.data.prepare (resolve_tasks, identity_task_for): known identities, several
+    # images each (product photos are one image per product: no identity task)
+    if IDENTITY not in source.tasks and ids.nunique() >= 2 and ids.value_counts().median() >= 2:
+        rows.append((IDENTITY, IDENTITY, f"re-identification: the training split's identities are its classes "
+                                         f"({ids.nunique()} identities labelled); only by name, all leaves it out"))
+    rows += [(alias, "alias", ", ".join(names)) for alias, names in source.aliases.items()]
+    rows.append(("all", "alias", "every attribute task"))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{source.name} data in {source.root}: {len(labelled)} labelled images", "",
+             f"{'task'.ljust(width[0])}  {'kind'.ljust(width[1])}  classes"]
+    lines += [f"{name.ljust(width[0])}  {kind.ljust(width[1])}  {text}" for name, kind, text in rows]
+    lines += ["", "Choose with --tasks NAME,NAME,... (names and aliases mix: --tasks age,color)."]
+    return "\n".join(lines)
