@@ -1,6 +1,7 @@
 """The callbacks of a training run: the masked validation loss (and the joint loss with an identity
 embedding), early stopping and the best checkpoint that survive resumes and fit phases, history
-written atomically every epoch, and resume after an interruption (atomic backup).
+written atomically every epoch, resume after an interruption (atomic backup), and what a run
+shows: one compact line per epoch (``EpochLine``) and TensorBoard scalars (``RunTensorBoard``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -211,3 +212,220 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 def fit_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run shows: one compact line per epoch, TensorBoard scalars
+# ---------------------------------------------------------------------------------------------
+
+def hidden_metric(key: str, identity_tasks: Sequence[str] = (), output_names: Sequence[str] = ()) -> bool:
+    """Whether a logged value says nothing and is left out of what a run shows (TensorBoard, summaries).
+
+    * the identity classifier on validation images (``val_identity_accuracy``, ``_xent``, ``_loss``):
+      validation people are not its classes, so these are 0 by construction;
+    * a one-output model's un-prefixed metrics (``accuracy``, ``xent``): ``MaskedLossLogger`` logs
+      them again as ``<task>_accuracy``, the names every other run uses.
+
+    Args:
+        key: a key of Keras's epoch logs.
+        identity_tasks: names of the run's identity tasks.
+        output_names: the model's outputs.
+    """
+    validation = key.startswith("val_")
+    bare = key[4:] if validation else key
+    if validation and any(bare.startswith(f"{name}_") for name in identity_tasks):
+        return True
+    return len(output_names) == 1 and bare in ("accuracy", "xent")
+
+
+def current_learning_rate(model) -> float | None:
+    """The optimizer's learning rate now (a schedule evaluated at the current step), or None."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps it
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        return None
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Times each epoch: ``epoch_time_s`` (training and validation) and ``train_time_s`` (the
+    training steps alone, which ``images_per_second`` divides by)."""
+
+    def __init__(self, images_per_epoch: int | None = None):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self._start = self._train_end = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._train_end = time.time(), None
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._train_end is None:  # fit's validation, not a later evaluate
+            self._train_end = time.time()
+
+    def times(self) -> tuple[float, float]:
+        """``(epoch_time_s, train_time_s)`` of the epoch under way (or just ended)."""
+        now = time.time()
+        start = self._start if self._start is not None else now
+        return now - start, (self._train_end or now) - start
+
+    def images_per_second(self, train_time_s: float) -> float | None:
+        if not self.images_per_epoch or train_time_s <= 0:
+            return None
+        return self.images_per_epoch / train_time_s
+
+
+class EpochLine(_EpochClock):
+    """One compact line per epoch through ``log``, instead of Keras's line of every metric:
+
+    ``Epoch 3/30  12.4s  310 img/s  masked_loss 2.874  val_masked_loss 3.012  val accuracy 0.512  lr 9.4e-04``
+
+    i.e. the epoch, its time, training images per second, the training loss (the counterpart of
+    the monitored loss), the monitored validation loss (``mtl.engine.monitor_for``), the mean
+    validation accuracy of the attribute tasks and the learning rate. On a terminal (stdout a TTY,
+    or ``MTL_PROGRESS=1``) a short live bar counts the steps of the epoch; in a log file there is
+    nothing but the line. Must come after ``MaskedLossLogger`` (it reads the masked loss).
+
+    Args:
+        log: called with each line (``print``).
+        monitor: the monitored loss (``val_masked_loss``, ``val_joint_loss`` or ``loss``).
+        attribute_tasks: names of the attribute tasks (their validation accuracy is averaged).
+        epochs: the run's number of epochs (Keras only knows the current fit call's last epoch).
+        images_per_epoch: training images per epoch (None: no images/s).
+        bar: show the live bar; None: when stdout is a terminal (``mtl.progress.bars_enabled``).
+    """
+
+    def __init__(self, log, monitor: str, attribute_tasks: Sequence[str] = (), epochs: int | None = None,
+                 images_per_epoch: int | None = None, bar: bool | None = None):
+        super().__init__(images_per_epoch)
+        from mtl.progress import bars_enabled
+
+        self.log = log
+        self.monitor = monitor
+        self.attribute_tasks = list(attribute_tasks)
+        self.epochs = epochs
+        self.bar = bars_enabled(sys.stdout) if bar is None else bar
+        self._epoch = 0
+        self._bar_shown = 0.0
+
+    def _header(self, epoch: int) -> str:
+        total = self.epochs or (self.params or {}).get("epochs") or 0
+        return f"Epoch {epoch + 1:>{len(str(total))}}/{total}"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.bar or time.time() - self._bar_shown < 0.2:
+            return
+        self._bar_shown = time.time()
+        steps = (self.params or {}).get("steps")
+        loss = (logs or {}).get("loss")
+        text = f"{self._header(self._epoch)}  step {batch + 1}" + (f"/{steps}" if steps else "")
+        if loss is not None:
+            text += f"  loss {float(loss):.4f}"
+        sys.stdout.write(f"\r{text}\033[K")
+        sys.stdout.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar and self._bar_shown:
+            sys.stdout.write("\r\033[K")  # the line replaces the bar
+            sys.stdout.flush()
+            self._bar_shown = 0.0
+        self.log(self.line(epoch, logs or {}))
+
+    def line(self, epoch: int, logs: Mapping) -> str:
+        """The compact line of 0-based ``epoch`` with Keras's (and ``MaskedLossLogger``'s) ``logs``."""
+        epoch_time, train_time = self.times()
+        parts = [self._header(epoch), format_duration(epoch_time)]
+        speed = self.images_per_second(train_time)
+        if speed is not None:
+            parts.append(f"{speed:.0f} img/s")
+        train_key = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+        if train_key not in logs:
+            train_key = "loss"
+        if train_key in logs:
+            parts.append(f"{train_key} {float(logs[train_key]):.4f}")
+        if self.monitor != train_key and self.monitor in logs:
+            parts.append(f"{self.monitor} {float(logs[self.monitor]):.4f}")
+        accuracies = [float(logs[k]) for k in (f"val_{t}_accuracy" for t in self.attribute_tasks) if k in logs]
+        if accuracies:
+            parts.append(f"val {'mean ' if len(accuracies) > 1 else ''}accuracy {np.mean(accuracies):.3f}")
+        lr = current_learning_rate(self.model)
+        if lr is not None:
+            parts.append(f"lr {lr:.2e}")
+        return "  ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``8.4s``, ``2m05s``, ``1h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class RunTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback for a run: epoch scalars only (no graph, no profiling), in
+    ``log_dir/train`` and ``log_dir/validation``: every task's loss and accuracy, the masked / joint
+    loss, the learning rate (Keras adds it), and ``images_per_second`` and ``epoch_time_s``; the
+    figures of :func:`hidden_metric` are left out. Must come after ``MaskedLossLogger``.
+
+    Args:
+        log_dir: the run's ``tensorboard/`` folder (``mtl.rundir.TENSORBOARD``).
+        identity_tasks: names of the identity tasks (their validation figures are hidden).
+        images_per_epoch: training images per epoch (None: no images/s).
+    """
+
+    def __init__(self, log_dir: str | Path, identity_tasks: Sequence[str] = (), images_per_epoch: int | None = None):
+        super().__init__(log_dir=str(log_dir), histogram_freq=0, write_graph=False, update_freq="epoch",
+                         profile_batch=0)
+        self.identity_tasks = list(identity_tasks)
+        self.clock = _EpochClock(images_per_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.clock.on_epoch_begin(epoch, logs)
+
+    def on_test_begin(self, logs=None):
+        super().on_test_begin(logs)
+        self.clock.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        # Keras writes every validation value again here, per optimizer step, before the masked
+        # loss is added and without the hidden figures: the epoch scalars say it all
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = list(getattr(self.model, "output_names", None) or [])
+        shown = {k: v for k, v in (logs or {}).items() if not hidden_metric(k, self.identity_tasks, outputs)}
+        epoch_time, train_time = self.clock.times()
+        shown["epoch_time_s"] = epoch_time
+        speed = self.clock.images_per_second(train_time)
+        if speed is not None:
+            shown["images_per_second"] = speed
+        super().on_epoch_end(epoch, shown)
+
+
+def write_scalars(log_dir: str | Path, values: Mapping[str, float], step: int, split: str = "validation") -> None:
+    """Write scalars once, at ``step``, into a run's TensorBoard folder (``log_dir/split``): figures
+    computed after training, such as the re-identification mAP and rank-1 on the validation people.
+
+    Args:
+        log_dir: the run's ``tensorboard/`` folder.
+        values: ``{tag: value}``; None values are skipped.
+        step: the 0-based epoch to show them at (the run's last).
+        split: ``train`` or ``validation`` (the sub-folder Keras's callback writes).
+    """
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(Path(log_dir) / split))
+    with writer.as_default():
+        for tag, value in values.items():
+            if value is not None:
+                tf.summary.scalar(tag, float(value), step=int(step))
+    writer.flush()
+    writer.close()

@@ -13,8 +13,9 @@ What one call does:
   rate can be lower, warm-up then a cosine / step / constant schedule;
 * callbacks: the masked validation loss (``val_masked_loss``, plus ``val_joint_loss`` with an
   identity embedding), stop on NaN, early stopping that survives phases and resumes
-  (``train.keep: best``), and with ``files``: the best checkpoint, ``history.json`` every epoch
-  and the resume backup (a rerun continues after the last finished epoch).
+  (``train.keep: best``), and with ``paths``: the best checkpoint, ``history.json`` every epoch,
+  the resume backup (a rerun continues after the last finished epoch) and TensorBoard scalars;
+  with ``log``: one compact line per epoch instead of Keras's line of every metric.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, HistoryWriter, MaskedLossLogger,
-                           RunEarlyStopping, fit_verbosity)
+from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLine, HistoryWriter,
+                           MaskedLossLogger, RunEarlyStopping, RunTensorBoard, fit_verbosity)
 from mtl.errors import ConfigError
 from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
 from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
@@ -75,11 +76,13 @@ class TrainArgs:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where ``fit`` keeps a run's training state (``mtl.rundir.RunDir`` gives them)."""
+    """Where ``fit`` keeps a run's training state (``mtl.rundir.RunDir`` gives them);
+    ``tensorboard``: the TensorBoard log folder, None for none."""
 
     history: Path
     best_weights: Path
     backup: Path
+    tensorboard: Path | None = None
 
 
 @dataclass
@@ -215,10 +218,12 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
-def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | None = None) -> list:
+def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | None = None, log=None,
+                  images_per_epoch: int | None = None) -> list:
     """The engine's callbacks, in the order they must run: the masked / joint loss first (the
     others read it), stop on NaN, early stopping (``keep="best"``), then with ``paths`` the best
-    checkpoint, the history file and the resume backup."""
+    checkpoint, the history file, the resume backup and TensorBoard (``paths.tensorboard``), and
+    with ``log`` the compact epoch line (``EpochLine``; ``images_per_epoch`` gives its images/s)."""
     if args.keep not in KEEP:
         raise ConfigError(f"train.keep={args.keep!r}: valid values: {', '.join(KEEP)}")
     monitor = monitor_for(tasks)
@@ -235,12 +240,19 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
                       HistoryWriter(history),
                       # saves weights, optimizer and epoch each epoch; a rerun continues from there
                       AtomicBackupAndRestore(str(paths.backup), delete_checkpoint=False)]
+    if paths and paths.tensorboard is not None:
+        callbacks.append(RunTensorBoard(paths.tensorboard, [t.name for t in tasks if t.kind == IDENTITY],
+                                        images_per_epoch))
+    if log is not None:
+        callbacks.append(EpochLine(log, monitor, [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)],
+                                   epochs=args.epochs, images_per_epoch=images_per_epoch))
     return callbacks
 
 
 def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: TrainArgs, steps_per_epoch: int,
         fixed_steps: bool = False, paths: RunPaths | None = None, callbacks: Sequence = (), strategy=None,
-        verbose: int | None = None, initial_epoch: int = 0) -> FitResult:
+        verbose: int | None = None, initial_epoch: int = 0, log=None,
+        images_per_epoch: int | None = None) -> FitResult:
     """Train ``model`` through its phases with the engine's callbacks.
 
     Args:
@@ -255,14 +267,19 @@ def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: T
             keeps nothing on disk (tuning trials).
         callbacks: more callbacks, run after the engine's (keras-tuner's).
         strategy: a ``tf.distribute`` strategy (default: the current one).
-        verbose: Keras fit verbosity (default: a progress bar on a terminal, a line per epoch otherwise).
+        verbose: Keras fit verbosity; default: none with ``log`` (the compact line), else a
+            progress bar on a terminal and a line per epoch otherwise. 2: Keras's line of every metric.
         initial_epoch: first epoch (keras-tuner's Hyperband resumes trials).
+        log: called with one compact line per epoch (``mtl.callbacks.EpochLine``); None: none.
+        images_per_epoch: training images per epoch, for the images/s of the line and TensorBoard.
 
     Returns:
         A ``FitResult``; the model holds the weights of ``kept_epoch``.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    own = run_callbacks(tasks, args, paths)
+    own = run_callbacks(tasks, args, paths, log, images_per_epoch)
+    if verbose is None:
+        verbose = 0 if log is not None else fit_verbosity()
     recorder = _EpochRecorder()
     all_callbacks = own + [recorder, *callbacks]
     stopper = next((c for c in own if isinstance(c, RunEarlyStopping)), None)
@@ -278,7 +295,7 @@ def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: T
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                       steps_per_epoch=steps_per_epoch if fixed_steps else None, shuffle=False,
-                      callbacks=all_callbacks, verbose=fit_verbosity() if verbose is None else verbose)
+                      callbacks=all_callbacks, verbose=verbose)
         if model.stop_training:
             break
     restored = stopper is not None and stopper.best_weights is not None
