@@ -44,7 +44,7 @@ import pandas as pd
 from mtl.errors import DataError
 from mtl.io import atomic_path, make_folder
 from mtl.rundir import EMBEDDINGS, PREDICTIONS_CSV, SKIPPED
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+from mtl.tasks import IDENTITY, TaskSpec, attribute_tasks
 
 CHUNK_SIZE = 4096  # paths per call of extract_features: bounds memory, large enough to keep the pipeline busy
 PATH_COLUMN = "path"
@@ -69,11 +69,6 @@ class PredictionResult:
     rows: int
     skipped: pd.DataFrame
     skipped_csv: Path | None
-
-
-def attribute_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
-    """The tasks with class columns in the CSV (binary and categorical), in the run's order."""
-    return [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
 
 
 def prediction_columns(tasks: Sequence[TaskSpec], probabilities: bool = False) -> list[str]:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from mtl.errors import ConfigError, DataError
 from mtl.reid.index import EXACT, INDEX_JSON, EmbeddingIndex, build_index, load_index
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks
 
 DEFAULT_WEIGHT = 0.05
 APPROX_CANDIDATES = 1000
@@ -60,11 +60,6 @@ class Condition:
     @property
     def label(self) -> str:
         return f"{self.task}={self.value}"
-
-
-def attribute_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
-    """The tasks attribute search can ask about (binary and categorical)."""
-    return [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
 
 
 def parse_where(text: str, tasks: Sequence[TaskSpec]) -> list[Condition]:

@@ -56,6 +56,12 @@ class TaskSpec:
         return cls(name=d["name"], classes=tuple(d["classes"]), kind=d.get("kind", CATEGORICAL))
 
 
+def attribute_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """The attribute tasks (binary and categorical) among ``tasks``, in their order: the ones with
+    class probabilities (the identity task has an embedding instead)."""
+    return [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+
+
 def resolve(
     names: str | Sequence[str] | None,
     table: Mapping[str, TaskSpec],
