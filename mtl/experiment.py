@@ -178,7 +178,7 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
     strategy = engine.strategy_for(cfg.train.distribute)
     with strategy.scope():
         model = build_model(data.tasks, **model_kwargs(cfg))
-    run.write_model_info(model_info(model, cfg))
+    run.write_model_info(model_info(model, cfg, data.tasks))
     result = engine.fit(model, data.tasks, train_ds, val_ds, train_args(cfg, data), steps, fixed,
                         paths=run.engine_paths(), strategy=strategy)
     run.save_model(model)
@@ -203,15 +203,27 @@ def seed_run(cfg: Config) -> None:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
 
 
-def model_info(model, cfg: Config) -> ModelInfo:
-    """``model.json`` of a built model."""
+def model_info(model, cfg: Config, tasks=()) -> ModelInfo:
+    """``model.json`` of a built model.
+
+    Args:
+        model: the built (or trained) model.
+        cfg: the run's config.
+        tasks: the run's task specs, whose class names ``classes`` records (none: ``{}``).
+    """
     from mtl.models.builder import get_trunk
 
     count = lambda variables: int(sum(np.prod(v.shape) for v in variables))  # noqa: E731
     return ModelInfo(trunk=cfg.model.trunk, weights=cfg.model.weights, head=cfg.model.head,
                      input_shape=[cfg.data.image_height, cfg.data.image_width, 3], outputs=list(model.output_names),
                      params_total=count(model.weights), params_trainable=count(model.trainable_weights),
-                     params_trunk=count(get_trunk(model).weights))
+                     params_trunk=count(get_trunk(model).weights),
+                     classes={t.name: list(t.classes) for t in tasks},
+                     # what mtl.data.pipeline.decode_image does before the model (and nothing more)
+                     preprocessing={"resize": f"to {cfg.data.image_height}x{cfg.data.image_width}, bilinear with "
+                                              "antialiasing (tf.image.resize)",
+                                    "dtype": "float32 RGB in [0, 255], not normalised",
+                                    "normalization": "inside the model (the trunk's first layers)"})
 
 
 def write_data_files(run: RunDir, cfg: Config, data: PreparedData) -> None:
