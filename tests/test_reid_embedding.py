@@ -111,3 +111,12 @@ def test_extraction_of_an_unreadable_image_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot decode"):
         extract_embeddings(model, [good, str(bad)], 32, 16, batch_size=2)
+
+
+def test_l2_normalize_accepts_read_only_arrays():
+    from mtl.reid.embedding import l2_normalize
+
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    x.flags.writeable = False  # what np.asarray gives for a TensorFlow tensor
+    np.testing.assert_allclose(l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_allclose(x, [[3.0, 4.0], [0.0, 0.0]])

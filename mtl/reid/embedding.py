@@ -54,8 +54,11 @@ def feature_model(model: keras.Model, outputs: Sequence[str]) -> keras.Model:
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (in place for float32 input; zero rows stay zero)."""
+    """Rows scaled to unit length (in place for a writable float32 array, else on a copy; zero rows
+    stay zero)."""
     x = np.asarray(x, dtype=np.float32)
+    if not x.flags.writeable:  # e.g. np.asarray of a TensorFlow tensor
+        x = x.copy()
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     x /= np.maximum(norms, np.finfo(np.float32).tiny)[:, None]
     return x
