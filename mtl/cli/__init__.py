@@ -5,7 +5,9 @@ console script     module                  what it does
 =================  ======================  ================================================
 ``mtl-train``      ``mtl.cli.train``       train a multi-task model into a run folder
 ``mtl-evaluate``   ``mtl.cli.evaluate``    attribute and re-identification metrics of a run
-``mtl-predict``    ``mtl.cli.predict``     the course deliverables of a trained run
+``mtl-predict``    ``mtl.cli.predict``     predictions on any images, or the course deliverables
+``mtl-export``     ``mtl.cli.export``      SavedModel / LiteRT / ONNX for serving, with parity checks
+``mtl-search``     ``mtl.cli.search``      search a gallery by attributes and/or an example image
 ``mtl-tune``       ``mtl.cli.tune``        hyperparameter search (keras-tuner)
 ``mtl-study``      ``mtl.cli.study``       task-set study: main task alone vs with each auxiliary
 ``mtl-report``     ``mtl.cli.report``      HTML report of a run, search or study (or a comparison)
@@ -19,6 +21,6 @@ runs the same ``entry`` without installing the package.
 
 from mtl.cli.common import add_common_args, command_line, config_from_args, run_main
 
-COMMANDS = ("train", "evaluate", "predict", "tune", "study", "report")
+COMMANDS = ("train", "evaluate", "predict", "export", "search", "tune", "study", "report")
 
 __all__ = ["COMMANDS", "add_common_args", "command_line", "config_from_args", "run_main"]
