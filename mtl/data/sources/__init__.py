@@ -41,8 +41,13 @@ def load_source(root: str | Path, format: str = "auto", **options) -> SourceData
     """Read ``root`` with the named (or detected) format.
 
     Options a format's ``load`` does not take are dropped, so callers can pass the general data
-    options (e.g. ``rare_threshold``) whatever the format.
+    options (e.g. ``rare_threshold``) whatever the format. A prepared dataset (``tfds:NAME``, or
+    the folder ``tfds build`` wrote) is read by ``mtl.data.tfds.load_prepared``: the same table.
     """
+    from mtl.data import tfds as prepared
+
+    if prepared.is_prepared(root):
+        return prepared.load_prepared(root, format, **options)
     name = detect_format(root) if format == "auto" else format
     load = format_module(name).load
     accepted = inspect.signature(load).parameters
