@@ -34,7 +34,8 @@ HEADS = ("private", "public")  # mtl.models.heads.HEAD_TYPES
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 KEEP = ("best", "last")
-DISTRIBUTE = ("none", "mirrored")
+DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")  # mtl.distribute.DISTRIBUTE
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies (mtl.engine.precision_policy)
 SAMPLERS = ("auto", "pk", "random")
 TUNERS = ("random", "bayesian", "hyperband")
 MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
@@ -126,10 +127,18 @@ class TrainConfig:
     # tf.config.experimental.enable_op_determinism
     deterministic: bool = _key(False, "deterministic ops: the same command and seed on the same machine give "
                                       "the same results, somewhat more slowly")
-    mixed_precision: bool = _key(False, "GPU only: float16 compute")
-    jit_compile: bool = _key(False, "compile with XLA (slower on CPU: keep off there)")
-    distribute: str = _key("none", "none, or mirrored: one model copy per local GPU")
+    mixed_precision: str = _key("none", "Keras dtype policy: none (float32), mixed_float16 (GPUs with tensor "
+                                        "cores, loss scaling added) or mixed_bfloat16 (TPUs, recent GPUs); "
+                                        "losses stay float32")
+    jit_compile: bool = _key(False, "compile with XLA (GPU; 4-14x slower on CPU: keep off there)")
+    steps_per_execution: int = _key(1, "training steps per call of the compiled function (fewer host round "
+                                       "trips on a GPU; callbacks see every Nth batch)")
+    distribute: str = _key("auto", "none (one device), mirrored (one model copy per local GPU), multiworker "
+                                   "(several machines: TF_CONFIG on each, see the README) or auto (mirrored "
+                                   "with more than one GPU, else none)")
     steps_per_epoch: int = _key(0, "optimizer steps per epoch; 0: one pass over the training data")
+    tensorboard: bool = _key(True, "write TensorBoard logs into the run's tensorboard/ folder "
+                                   "(view: tensorboard --logdir runs)")
     # identity task (re-identification), see mtl.reid
     sampler: str = _key("auto", "batches: pk (P identities x K images), random, or auto (pk with the "
                                 "identity task)")
@@ -221,6 +230,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+# Values of older config files, read as what they meant: key -> {old value: new value}.
+LEGACY_VALUES: dict[str, dict[Any, Any]] = {
+    # train.mixed_precision was a bool (true: float16 compute) before it named the dtype policy
+    "train.mixed_precision": {True: "mixed_float16", False: "none"},
+}
+
+
+def _legacy_key(value: Any) -> Any:
+    """``value`` as a key of ``LEGACY_VALUES`` (unhashable values match nothing)."""
+    return value if isinstance(value, (bool, int, float, str, type(None))) else None
+
+
 def _merge(obj, updates: Mapping[str, Any], prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
@@ -237,7 +258,7 @@ def _merge(obj, updates: Mapping[str, Any], prefix: str = ""):
                 raise ConfigError(f"{full} is a section; give keys like {full}.<name>=value")
             changes[key] = _merge(current, value, prefix=f"{full}.")
         else:
-            changes[key] = _coerce(value, hints[key], full)
+            changes[key] = _coerce(LEGACY_VALUES.get(full, {}).get(_legacy_key(value), value), hints[key], full)
     return dataclasses.replace(obj, **changes)
 
 
@@ -472,10 +493,12 @@ RULES: dict[str, Rule] = {
     "train.label_smoothing": _interval(0, 1, high_open=True),
     "train.seed": _at_least(0),
     "train.deterministic": _anything,
-    "train.mixed_precision": _anything,
+    "train.mixed_precision": _choice(MIXED_PRECISION),
     "train.jit_compile": _anything,
+    "train.steps_per_execution": _at_least(1),
     "train.distribute": _choice(DISTRIBUTE),
     "train.steps_per_epoch": _at_least(0),
+    "train.tensorboard": _anything,
     "train.sampler": _choice(SAMPLERS),
     "train.p_identities": _at_least(0),
     "train.k_images": _at_least(2),  # batch-hard triplets need two images of a person

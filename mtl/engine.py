@@ -20,6 +20,7 @@ What one call does:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ from mtl.optim import WarmupSchedule, make_optimizer
 from mtl.reid.heads import EMBEDDING
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
-DISTRIBUTE = ("none", "mirrored")
+from mtl.distribute import DISTRIBUTE  # noqa: F401  (the choices of train.distribute; mtl.config checks them)
+# train.mixed_precision: Keras dtype policies ("none": Keras's default float32); mtl.config.MIXED_PRECISION
+PRECISION_POLICIES = {"none": "float32", "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class TrainArgs:
     class_weights: Mapping[str, Sequence[float]] | None = None
     label_smoothing: float = 0.0
     jit_compile: bool = False
+    mixed_precision: str = "none"
+    steps_per_execution: int = 1
     triplet_margin: float | None = 0.3
     id_label_smoothing: float = 0.1
     center_loss: float = 0.0
@@ -133,8 +138,15 @@ def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
 
 def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
                    loss_weights: Mapping[str, float] | None = None, class_weights=None, label_smoothing: float = 0.0,
-                   jit_compile: bool = False, identity_options: Mapping | None = None) -> None:
+                   jit_compile: bool = False, identity_options: Mapping | None = None,
+                   steps_per_execution: int = 1) -> None:
     """Compile with task-keyed losses, loss weights (default 1) and masked metrics.
+
+    ``jit_compile`` is passed as a bool, never Keras's ``"auto"``: XLA made CPU training 4-14x
+    slower here, so it is on only when asked for. ``steps_per_execution`` training steps run per
+    call of the compiled function. A model built under the ``mixed_float16`` policy gets Keras's
+    loss-scaling optimizer wrapper (``model.compile`` adds it); its outputs are float32 (the heads'
+    output layers) and every loss casts its predictions to float32.
 
     Raises:
         ConfigError: a loss weight names an output the model does not have.
@@ -144,9 +156,14 @@ def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
     unknown = set(loss_weights) - set(losses)
     if unknown:
         raise ConfigError(f"train.loss_weights for unknown outputs {sorted(unknown)}; outputs: {', '.join(losses)}")
+    # the losses return their batch mean already (reduction "sum"), so Keras does not divide them
+    # by the replicas of a strategy as it does its own losses; the optimizer sums the replicas'
+    # gradients: without the 1/R here, R replicas trained at R times the learning rate
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     model.compile(optimizer=optimizer, loss=losses,
-                  loss_weights={name: float(loss_weights.get(name, 1.0)) for name in losses},
-                  metrics=task_metrics(tasks), jit_compile=jit_compile)
+                  loss_weights={name: float(loss_weights.get(name, 1.0)) / replicas for name in losses},
+                  metrics=task_metrics(tasks), jit_compile=bool(jit_compile),
+                  steps_per_execution=int(steps_per_execution))
 
 
 def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs, steps_per_epoch: int,
@@ -164,9 +181,47 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
     trunk.trainable = trainable_trunk
     optimizer = make_optimizer(args.optimizer, schedule, args.weight_decay, args.trunk_lr_multiplier,
                                [v.path for v in trunk.trainable_variables])
+    _check_policy(model, args.mixed_precision)
     compile_losses(model, tasks, optimizer, args.loss_weights, args.class_weights, args.label_smoothing,
-                   args.jit_compile, identity_options=args.identity_options())
-    optimizer.build(model.trainable_variables)
+                   args.jit_compile, identity_options=args.identity_options(),
+                   steps_per_execution=args.steps_per_execution)
+    # model.optimizer: the LossScaleOptimizer around ``optimizer`` under mixed_float16 (its own
+    # variables made here too)
+    model.optimizer.build(model.trainable_variables)
+
+
+@contextlib.contextmanager
+def precision_policy(mixed_precision: str = "none"):
+    """Set Keras's global dtype policy for building and training one model; restore it afterwards.
+
+    The policy is global and read when a layer is made: build the model inside the block. The
+    previous policy comes back on exit, whatever happens, so a mixed-precision run does not leak
+    float16 layers into the next model of the process (tests, tuning trials, studies).
+
+    Args:
+        mixed_precision: ``train.mixed_precision``: none, mixed_float16 or mixed_bfloat16.
+
+    Raises:
+        ConfigError: an unknown value.
+    """
+    if mixed_precision not in PRECISION_POLICIES:
+        raise ConfigError(f"train.mixed_precision={mixed_precision!r}: valid values: "
+                          f"{', '.join(PRECISION_POLICIES)}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[mixed_precision])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _check_policy(model: keras.Model, mixed_precision: str) -> None:
+    """Warn when ``model`` was not built under the policy ``args`` asks for (the option would do nothing)."""
+    wanted = PRECISION_POLICIES.get(mixed_precision, mixed_precision)
+    built = getattr(getattr(model, "dtype_policy", None), "name", None)
+    if built is not None and built != wanted:
+        warnings.warn(f"train.mixed_precision={mixed_precision}: the model was built with the {built} dtype policy; "
+                      "build it inside mtl.engine.precision_policy(...) for the option to take effect", stacklevel=3)
 
 
 def monitor_for(tasks) -> str:
@@ -199,12 +254,10 @@ def trunk_phases(freeze_trunk_epochs: int, epochs: int, initial_epoch: int = 0) 
 
 
 def strategy_for(distribute: str):
-    """The ``tf.distribute`` strategy of ``train.distribute`` (``none``: the default strategy)."""
-    if distribute == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if distribute != "none":
-        raise ConfigError(f"train.distribute={distribute!r}: valid values: {', '.join(DISTRIBUTE)}")
-    return tf.distribute.get_strategy()
+    """The ``tf.distribute`` strategy of ``train.distribute`` (``mtl.distribute.strategy_for``)."""
+    from mtl.distribute import strategy_for as make
+
+    return make(distribute)
 
 
 class _EpochRecorder(keras.callbacks.Callback):
@@ -219,11 +272,12 @@ class _EpochRecorder(keras.callbacks.Callback):
 
 
 def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | None = None, log=None,
-                  images_per_epoch: int | None = None) -> list:
+                  images_per_epoch: int | None = None, backup: bool = True) -> list:
     """The engine's callbacks, in the order they must run: the masked / joint loss first (the
     others read it), stop on NaN, early stopping (``keep="best"``), then with ``paths`` the best
     checkpoint, the history file, the resume backup and TensorBoard (``paths.tensorboard``), and
-    with ``log`` the compact epoch line (``EpochLine``; ``images_per_epoch`` gives its images/s)."""
+    with ``log`` the compact epoch line (``EpochLine``; ``images_per_epoch`` gives its images/s).
+    ``backup=False`` leaves the Keras resume backup out (the custom loop keeps its own)."""
     if args.keep not in KEEP:
         raise ConfigError(f"train.keep={args.keep!r}: valid values: {', '.join(KEEP)}")
     monitor = monitor_for(tasks)
@@ -237,9 +291,9 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
                                           history_path=history, weights_path=paths.best_weights if paths else None))
     if paths:
         callbacks += [AtomicBestCheckpoint(paths.best_weights, monitor, history_path=history),
-                      HistoryWriter(history),
-                      # saves weights, optimizer and epoch each epoch; a rerun continues from there
-                      AtomicBackupAndRestore(str(paths.backup), delete_checkpoint=False)]
+                      HistoryWriter(history)]
+        if backup:  # saves weights, optimizer and epoch each epoch; a rerun continues from there
+            callbacks.append(AtomicBackupAndRestore(str(paths.backup), delete_checkpoint=False))
     if paths and paths.tensorboard is not None:
         callbacks.append(RunTensorBoard(paths.tensorboard, [t.name for t in tasks if t.kind == IDENTITY],
                                         images_per_epoch))
@@ -252,7 +306,7 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
 def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: TrainArgs, steps_per_epoch: int,
         fixed_steps: bool = False, paths: RunPaths | None = None, callbacks: Sequence = (), strategy=None,
         verbose: int | None = None, initial_epoch: int = 0, log=None,
-        images_per_epoch: int | None = None) -> FitResult:
+        images_per_epoch: int | None = None, custom_loop: bool | None = None) -> FitResult:
     """Train ``model`` through its phases with the engine's callbacks.
 
     Args:
@@ -272,11 +326,20 @@ def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: T
         initial_epoch: first epoch (keras-tuner's Hyperband resumes trials).
         log: called with one compact line per epoch (``mtl.callbacks.EpochLine``); None: none.
         images_per_epoch: training images per epoch, for the images/s of the line and TensorBoard.
+        custom_loop: train with the engine's own loop (``_fit_custom``) instead of ``model.fit``;
+            default: under ``MultiWorkerMirroredStrategy`` only, where ``fit`` fails.
 
     Returns:
         A ``FitResult``; the model holds the weights of ``kept_epoch``.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    if custom_loop is None:
+        from mtl.distribute import uses_custom_loop
+
+        custom_loop = uses_custom_loop(strategy)
+    if custom_loop:
+        return _fit_custom(model, tasks, train_ds, val_ds, args, steps_per_epoch, fixed_steps, paths, callbacks,
+                           strategy, initial_epoch, log, images_per_epoch)
     own = run_callbacks(tasks, args, paths, log, images_per_epoch)
     if verbose is None:
         verbose = 0 if log is not None else fit_verbosity()
@@ -296,6 +359,216 @@ def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: T
             model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                       steps_per_epoch=steps_per_epoch if fixed_steps else None, shuffle=False,
                       callbacks=all_callbacks, verbose=verbose)
+        if model.stop_training:
+            break
+    restored = stopper is not None and stopper.best_weights is not None
+    last_epoch = recorder.rows[-1]["epoch"] + 1 if recorder.rows else None
+    best = stopper.best_epoch + 1 if stopper is not None and stopper.best is not None else None
+    return FitResult(epochs=recorder.rows, monitor=monitor_for(tasks),
+                     kept_epoch=stopper.best_epoch + 1 if restored else last_epoch,
+                     best_epoch=best, train_time_s=time.time() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom loop: the same recipe where ``model.fit`` cannot run (MultiWorkerMirroredStrategy)
+# ---------------------------------------------------------------------------------------------
+
+def _as_dict(outputs, names: Sequence[str]) -> dict:
+    if isinstance(outputs, Mapping):
+        return dict(outputs)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return dict(zip(names, outputs))
+
+
+def _label_weight(loss, y_true):
+    """What a masked loss divides by on this replica: the class weights of its labelled rows."""
+    from mtl.losses import _class_weight_lookup
+
+    labels = tf.reshape(tf.cast(y_true, tf.int32), (-1,))
+    valid = labels >= 0
+    weights = _class_weight_lookup(tf.where(valid, labels, tf.zeros_like(labels)), loss.class_weights)
+    return tf.reduce_sum(tf.where(valid, tf.cast(weights, tf.float32), tf.zeros_like(weights, tf.float32)))
+
+
+def replica_losses(losses: Mapping, loss_weights: Mapping[str, float], y: Mapping, outputs: Mapping) -> dict:
+    """This replica's share of each weighted loss of the GLOBAL batch: summed over the replicas
+    (the optimizer all-reduces gradients by SUM) they give the single-device value of the whole batch.
+
+    * a masked loss (``MaskedBinaryCrossentropy`` / ``MaskedSparseCategoricalCrossentropy``) is a
+      weighted mean over the labelled rows; the replica's mean is multiplied by its share of the
+      global label weight (``W_replica / W_global``, all-reduced): exactly the masked mean over the
+      labelled rows of the global batch, however the labels fall across replicas;
+    * any other loss (the embedding's triplet and center losses) is a batch mean, scaled by the
+      replica's share of the global batch's rows. Triplets are mined within a replica's slice (the
+      P x K layout gives each replica whole identities), as with ``model.fit`` under a strategy.
+
+    Must run in a replica context (``strategy.run``).
+    """
+    from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
+
+    context = tf.distribute.get_replica_context()
+    parts = {}
+    for name, loss in losses.items():
+        value = tf.cast(loss.call(y[name], outputs[name]), tf.float32)  # the batch mean, unscaled
+        if isinstance(loss, (MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy)):
+            local = _label_weight(loss, y[name])
+        else:
+            local = tf.cast(tf.shape(outputs[name])[0], tf.float32)
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        share = tf.math.divide_no_nan(local, total)
+        parts[name] = float(loss_weights.get(name, 1.0)) * tf.where(local > 0, value * share, 0.0)
+    return parts
+
+
+ROWS = "_rows"  # a step's images over every replica (not logged)
+
+
+class _CustomLoop:
+    """One phase's traced train and test steps under ``strategy`` (see ``replica_losses``)."""
+
+    def __init__(self, model, tasks, args: TrainArgs, strategy):
+        self.model, self.strategy = model, strategy
+        self.names = list(model.output_names)
+        self.losses = task_losses(tasks, args.class_weights, args.label_smoothing, args.identity_options())
+        unknown = set(args.loss_weights) - set(self.losses)
+        if unknown:
+            raise ConfigError(f"train.loss_weights for unknown outputs {sorted(unknown)}; "
+                              f"outputs: {', '.join(self.losses)}")
+        self.loss_weights = dict(args.loss_weights)
+        with strategy.scope():  # sync-on-read variables: read, they sum over every replica
+            self.metrics = {"": task_metrics(tasks), "val_": task_metrics(tasks)}
+        self._losses: dict = {}
+        self.train_step = tf.function(self._train_step, jit_compile=args.jit_compile or None)
+        self.test_step = tf.function(self._test_step)
+
+    def _forward(self, x, y, training: bool, prefix: str):
+        outputs = _as_dict(self.model(x, training=training), self.names)
+        parts = replica_losses(self.losses, self.loss_weights, y, outputs)
+        total = tf.add_n(list(parts.values()))
+        if training and self.model.losses:  # regularisation: the same on every replica
+            total += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
+        for name, metrics in self.metrics[prefix].items():
+            for metric in metrics:
+                metric.update_state(y[name], outputs[name])
+        return total, parts
+
+    def _replica_train(self, x, y):
+        with tf.GradientTape() as tape:
+            total, parts = self._forward(x, y, True, "")
+            scaled = self.model.optimizer.scale_loss(total)  # mixed_float16: the loss-scaling wrapper's
+        variables = self.model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.model.optimizer.apply_gradients(zip(grads, variables))  # all-reduces the gradients (SUM)
+        return {"loss": total, **parts, ROWS: tf.cast(tf.shape(x)[0], tf.float32)}
+
+    def _replica_test(self, x, y):
+        total, parts = self._forward(x, y, False, "val_")
+        return {"loss": total, **parts, ROWS: tf.cast(tf.shape(x)[0], tf.float32)}
+
+    def _reduce(self, values):
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in values.items()}
+
+    def _train_step(self, batch):
+        x, y = batch[0], batch[1]
+        return self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+
+    def _test_step(self, batch):
+        x, y = batch[0], batch[1]
+        return self._reduce(self.strategy.run(self._replica_test, args=(x, y)))
+
+    def reset(self, prefix: str):
+        for metrics in self.metrics[prefix].values():
+            for metric in metrics:
+                metric.reset_state()
+        self._losses = {}
+
+    def add(self, values: Mapping):
+        """Accumulate one step's global losses, weighted by its global rows (as Keras' loss trackers)."""
+        rows = float(values[ROWS])
+        for key, value in values.items():
+            if key == ROWS:
+                continue
+            total, count = self._losses.get(key, (0.0, 0))
+            self._losses[key] = (total + float(value) * rows, count + rows)
+
+    def logs(self, prefix: str) -> dict:
+        """Keras's epoch logs: ``loss``, ``<output>_loss`` and the masked metrics (one-output
+        models without the output prefix, as ``fit`` names them)."""
+        single = len(self.names) == 1
+        logs = {}
+        for key, (total, count) in self._losses.items():
+            bare = key if key == "loss" or single else f"{key}_loss"
+            logs[f"{prefix}{bare}"] = total / max(count, 1)
+        for name, metrics in self.metrics[prefix].items():
+            for metric in metrics:
+                bare = metric.name if single else f"{name}_{metric.name}"
+                logs[f"{prefix}{bare}"] = float(metric.result())
+        return logs
+
+
+def _fit_custom(model, tasks, train_ds, val_ds, args: TrainArgs, steps_per_epoch: int, fixed_steps: bool,
+                paths: RunPaths | None, callbacks: Sequence, strategy, initial_epoch: int, log,
+                images_per_epoch: int | None) -> FitResult:
+    """``fit`` as a custom loop under ``strategy`` (``MultiWorkerMirroredStrategy``, where Keras 3's
+    ``model.fit`` fails): the same phases, losses (``replica_losses``: scaled to the global batch),
+    masked metrics and callbacks (through a ``keras.callbacks.CallbackList``, unchanged), with the
+    input split across replicas and sharded by DATA. The Keras resume backup is replaced by
+    ``mtl.distribute.EpochCheckpoint`` in ``paths.backup`` (model, optimizer, epochs finished): a
+    rerun of the job (every worker restarted) continues after the last finished epoch.
+
+    The logged ``<output>_loss`` / ``loss`` of an epoch are the row-weighted mean of the step values
+    (Keras' convention); the masked metrics are epoch totals over every replica.
+    """
+    from mtl.distribute import EpochCheckpoint, distribute_dataset
+
+    own = run_callbacks(tasks, args, paths, log, images_per_epoch, backup=False)
+    recorder = _EpochRecorder()
+    stopper = next((c for c in own if isinstance(c, RunEarlyStopping)), None)
+    checkpoint = EpochCheckpoint(paths.backup) if paths else None
+    saved = checkpoint.saved_epoch() if checkpoint else 0
+    start_epoch = max(initial_epoch, saved)
+    dist_train = distribute_dataset(strategy, train_ds)
+    dist_val = distribute_dataset(strategy, val_ds) if val_ds is not None else None
+    train_iter = iter(dist_train) if fixed_steps else None
+    model.stop_training = False
+    start = time.time()
+    for first, last, trainable in trunk_phases(args.freeze_trunk_epochs, args.epochs, start_epoch):
+        with strategy.scope():
+            compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=trainable)
+        if checkpoint is not None and saved and first == start_epoch:
+            # the optimizer's state carries on within a phase; a new phase starts it afresh
+            same_phase = (saved - 1 < args.freeze_trunk_epochs) == (not trainable)
+            checkpoint.restore(model, model.optimizer if same_phase else None)
+        loop = _CustomLoop(model, tasks, args, strategy)
+        hooks = keras.callbacks.CallbackList([*own, recorder, *callbacks], add_history=False, add_progbar=False,
+                                             model=model, epochs=last, verbose=0,
+                                             steps=steps_per_epoch if fixed_steps else None)
+        hooks.on_train_begin()
+        for epoch in range(first, last):
+            hooks.on_epoch_begin(epoch)
+            loop.reset("")
+            step = 0
+            batches = (next(train_iter) for _ in range(steps_per_epoch)) if fixed_steps else iter(dist_train)
+            for batch in batches:
+                values = loop.train_step(batch)
+                loop.add(values)
+                hooks.on_train_batch_end(step, {"loss": float(values["loss"])})
+                step += 1
+            logs = loop.logs("")
+            if dist_val is not None:
+                hooks.on_test_begin()
+                loop.reset("val_")
+                for batch in dist_val:
+                    loop.add(loop.test_step(batch))
+                val_logs = loop.logs("val_")
+                hooks.on_test_end(val_logs)
+                logs.update(val_logs)
+            hooks.on_epoch_end(epoch, logs)  # history first: a resumed run never lacks a saved epoch's row
+            if checkpoint is not None:
+                checkpoint.save(model, model.optimizer, epoch + 1)
+            if model.stop_training:
+                break
+        hooks.on_train_end()
         if model.stop_training:
             break
     restored = stopper is not None and stopper.best_weights is not None

@@ -27,7 +27,7 @@ from mtl.config import Config, patience_for, to_dict
 from mtl.data.prepare import PreparedData, datasets, prepare_data, uses_pk_sampler
 from mtl.errors import DataError
 from mtl.io import ensure_writable, folder_lock
-from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, DataInfo, ModelInfo, RunDir, clear, plan
+from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, TENSORBOARD, DataInfo, ModelInfo, RunDir, clear, plan
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY
 
 
@@ -73,7 +73,8 @@ def train_args(cfg: Config, data: PreparedData | None = None):
         warmup_epochs=t.warmup_epochs, schedule=t.schedule, step_epochs=t.step_epochs,
         patience=patience_for(t.epochs, t.patience), keep=t.keep, loss_weights=dict(t.loss_weights),
         class_weights=class_weights_for(data) if t.class_weighting and data is not None else None,
-        label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, triplet_margin=t.triplet_margin,
+        label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, mixed_precision=t.mixed_precision,
+        steps_per_execution=t.steps_per_execution, triplet_margin=t.triplet_margin,
         id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss)
 
 
@@ -101,7 +102,7 @@ def class_weights_for(data: PreparedData) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def train(cfg: Config, run_dir: str | Path, command: str | None = None, overwrite: bool = False,
-          log=print) -> dict:
+          log=print, verbose: bool = False) -> dict:
     """Train a model for ``cfg`` into ``run_dir`` and evaluate it on the validation split.
 
     Args:
@@ -109,7 +110,10 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None, overwrit
         run_dir: the output folder (rules: module docstring).
         command: the command line recorded in the run (default: ``sys.argv``).
         overwrite: start afresh over an existing run in ``run_dir``.
-        log: where progress lines go (``print``; ``None`` for quiet).
+        log: where the run's lines go (``print``, called with ``flush=True``): the data, the tasks,
+            the model, one compact line per epoch, the epoch kept and the validation results
+            (:func:`result_lines`). ``None``: none of them (Keras's own epoch output instead).
+        verbose: also Keras's line of every metric, each epoch.
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -117,7 +121,15 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None, overwrit
     Raises:
         MtlError: the folder cannot be used, the data cannot train the tasks, a file cannot be written.
     """
-    log = log or (lambda *a, **k: None)
+    from mtl import distribute
+
+    # before any TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops at start
+    strategy = distribute.strategy_for(cfg.train.distribute)
+    if distribute.uses_custom_loop(strategy):
+        # only the chief writes the run directory; every other worker writes the same files to a
+        # folder of its own (tf.distribute's convention), where a restarted worker finds its state
+        run_dir = distribute.worker_dir(run_dir)
+    say = (lambda text: log(text, flush=True)) if log else None
     run = RunDir(run_dir)
     command = command or shlex.join(sys.argv)
     config = to_dict(cfg)
@@ -133,8 +145,12 @@ def train(cfg: Config, run_dir: str | Path, command: str | None = None, overwrit
                 clear(run.path)
             if mode == RESUME:
                 data = _same_labels_as_run(run, data)
-            log(f"{'resuming' if mode == RESUME else 'training'} into {run.path}", flush=True)
-            metrics = _train_locked(cfg, run, data, command, mode, log)
+            from mtl.engine import precision_policy
+
+            # the model is built, trained and evaluated under train.mixed_precision's dtype policy;
+            # the process's policy is restored afterwards (also when training fails)
+            with precision_policy(cfg.train.mixed_precision):
+                metrics = _train_locked(cfg, run, data, command, mode, say, verbose, strategy)
             created = False  # a run exists now: never removed
             return metrics
     finally:
@@ -158,29 +174,35 @@ def _same_labels_as_run(run: RunDir, data: PreparedData) -> PreparedData:
     return PreparedData(data.source, [saved[t.name] for t in data.tasks], train, val, data.skipped)
 
 
-def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mode: str, log) -> dict:
-    import keras
-
+def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mode: str, log,
+                  verbose: bool = False, strategy=None) -> dict:
     from mtl import engine
     from mtl.inference import evaluate_model
     from mtl.models.builder import build_model
 
+    show = log or (lambda text: None)
     seed_run(cfg)
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     run.begin_session(command)
     if mode == NEW:
         run.write_config(cfg)
         run.write_command(command)
-    write_data_files(run, cfg, data)
+    info = write_data_files(run, cfg, data)
+    for line in data_lines(info, data.tasks):
+        show(line)
     steps, fixed = steps_per_epoch(cfg, data)
     train_ds, val_ds = datasets(data, **dataset_args(cfg, repeat=bool(cfg.train.steps_per_epoch)))
-    strategy = engine.strategy_for(cfg.train.distribute)
+    strategy = strategy or engine.strategy_for(cfg.train.distribute)
     with strategy.scope():
         model = build_model(data.tasks, **model_kwargs(cfg))
-    run.write_model_info(model_info(model, cfg, data.tasks))
-    result = engine.fit(model, data.tasks, train_ds, val_ds, train_args(cfg, data), steps, fixed,
-                        paths=run.engine_paths(), strategy=strategy)
+    info = model_info(model, cfg, data.tasks)
+    run.write_model_info(info)
+    show(model_line(info, cfg))
+    args = train_args(cfg, data)
+    show(start_line(run, mode, args, engine.monitor_for(data.tasks)))
+    result = engine.fit(model, data.tasks, train_ds, val_ds, args, steps, fixed,
+                        paths=run.engine_paths(tensorboard=cfg.train.tensorboard), strategy=strategy,
+                        verbose=2 if verbose else None, log=log,
+                        images_per_epoch=steps * cfg.train.batch_size if fixed else len(data.train))
     run.save_model(model)
     h, w, batch = cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size
     metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch)
@@ -191,6 +213,12 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
         metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed)
     summary = run.training_summary(result.monitor, result.kept_epoch, result.train_time_s)
     metrics["training"] = {k: v for k, v in vars(summary).items()}
+    history = run.read_history()
+    show(kept_line(summary, args.keep, cfg.train.epochs, history))
+    if cfg.train.tensorboard and history:
+        write_reid_scalars(run, metrics.get("reid"), step=history[-1]["epoch"] - 1)
+    for line in result_lines(metrics):
+        show(line)
     run.write_metrics(metrics)
     run.finish()
     return metrics
@@ -226,11 +254,94 @@ def model_info(model, cfg: Config, tasks=()) -> ModelInfo:
                                     "normalization": "inside the model (the trunk's first layers)"})
 
 
-def write_data_files(run: RunDir, cfg: Config, data: PreparedData) -> None:
-    """``tasks.json``, ``data.json``, ``split.csv`` and ``skipped_images.csv`` of a run."""
+def write_data_files(run: RunDir, cfg: Config, data: PreparedData) -> DataInfo:
+    """``tasks.json``, ``data.json``, ``split.csv`` and ``skipped_images.csv`` of a run; returns ``data.json``'s info."""
     run.write_tasks(data.tasks)
     info = DataInfo(format=data.source.name, root=str(data.source.root), embedded_default=cfg.data.path is None,
                     splits={name: {"images": int(len(df)), "identities": int(df["identity"].nunique())}
                             for name, df in (("train", data.train), ("val", data.val))},
                     skipped=int(len(data.skipped)))
     run.write_data(info, data.train, data.val, data.skipped)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# What a training run prints (before and after the epoch lines of mtl.callbacks.EpochLine)
+# ---------------------------------------------------------------------------------------------
+
+def data_lines(info: DataInfo, tasks) -> list[str]:
+    """The data summary (format, folder, images and identities per split, images skipped) and the
+    tasks with their class counts."""
+    where = f"{info.root} (embedded synthetic dataset)" if info.embedded_default else info.root
+    splits = "; ".join(f"{name} {s['images']} images, {s['identities']} identities" for name, s in info.splits.items())
+    skipped = f"{info.skipped} unreadable image{'s' if info.skipped != 1 else ''} skipped"
+    return [f"data: {info.format} format, {where}",
+            f"      {splits}; {skipped}",
+            "tasks: " + ", ".join(f"{t.name} ({t.num_classes} {'identities' if t.kind == IDENTITY else 'classes'})"
+                                  for t in tasks)]
+
+
+def model_line(info: ModelInfo, cfg: Config) -> str:
+    """The model: trunk, weights, head and parameter counts."""
+    width = f" (width {cfg.model.width:g})" if cfg.model.width != 1 else ""
+    return (f"model: {info.trunk}{width} trunk, weights {info.weights or 'none (random init)'}, {info.head} head; "
+            f"{info.params_total:,} parameters ({info.params_trainable:,} trainable, {info.params_trunk:,} in the "
+            f"trunk), input {info.input_shape[0]}x{info.input_shape[1]}")
+
+
+def start_line(run: RunDir, mode: str, args, monitor: str) -> str:
+    """Where the run goes, how many epochs, and what decides the epoch kept."""
+    rule = (f"keep=best: the epoch of lowest {monitor}, early stopping after {args.patience} epochs without "
+            "improvement" if args.keep == "best" else "keep=last: the last epoch")
+    if mode == RESUME:
+        done = len(run.read_history())
+        return f"resuming {run.path} after epoch {done} of {args.epochs} ({rule})"
+    return f"training into {run.path}: {args.epochs} epoch{'s' if args.epochs != 1 else ''} at most ({rule})"
+
+
+def kept_line(summary, keep: str, epochs: int, history: list[dict]) -> str:
+    """Which epoch the saved model holds, and why."""
+    ran = summary.epochs_run
+    stopped = f"; stopped early after epoch {ran} of {epochs}" if ran < epochs else ""
+    if summary.kept_epoch is None:
+        return "no epoch trained"
+    if keep == "best":
+        best = summary.best_epoch
+        row = next((e for e in history if e.get("epoch") == best), {})
+        value = f" {row[summary.monitor]:.4f}" if summary.monitor in row else ""
+        return f"kept epoch {summary.kept_epoch} (keep=best: lowest {summary.monitor}{value} at epoch {best}){stopped}"
+    return f"kept epoch {summary.kept_epoch} (keep=last){stopped}"
+
+
+def result_lines(metrics: dict) -> list[str]:
+    """The validation results: one line per attribute task (the identity task's classifier has no
+    validation figure: validation people are not its classes), the mean, and re-identification."""
+    lines = ["validation:"] if metrics.get("tasks") else []
+    for name, r in metrics.get("tasks", {}).items():
+        lines.append(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
+                     f"(majority {r['majority_accuracy']:.3f})")
+    summary = metrics.get("summary") or {}
+    if summary.get("mean_accuracy") is not None:
+        ma = f"  mA {summary['mA']:.3f}" if summary.get("mA") is not None else ""
+        lines.append(f"  mean accuracy {summary['mean_accuracy']:.3f}{ma}")
+    reid = metrics.get("reid") or {}
+    if "plain" in reid:
+        reranked = f", re-ranked mAP {reid['reranked']['mAP']:.3f}" if "reranked" in reid else ""
+        lines.append(f"re-identification on the validation people: mAP {reid['plain']['mAP']:.3f}  "
+                     f"rank-1 {reid['plain']['rank1']:.3f}{reranked}  (random ranking: mAP {reid['chance']['mAP']:.3f})")
+    elif "skipped" in reid:
+        lines.append(f"re-identification not evaluated: {reid['skipped']}")
+    return lines
+
+
+def write_reid_scalars(run: RunDir, reid: dict | None, step: int) -> None:
+    """The validation mAP / rank-1 (computed once, after training) as TensorBoard scalars at ``step``."""
+    from mtl.callbacks import write_scalars
+
+    if not reid or "plain" not in reid:
+        return
+    values = {"reid/mAP": reid["plain"].get("mAP"), "reid/rank1": reid["plain"].get("rank1")}
+    if "reranked" in reid:
+        values.update({"reid/reranked_mAP": reid["reranked"].get("mAP"),
+                       "reid/reranked_rank1": reid["reranked"].get("rank1")})
+    write_scalars(run.file(TENSORBOARD), values, step)
