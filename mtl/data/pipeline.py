@@ -162,9 +162,14 @@ def _random_erase(image, height, width, probability, seed):
     cols = tf.range(width)[None, :]
     inside = (rows >= y0) & (rows < y0 + h) & (cols >= x0) & (cols < x0 + w)
     apply = tf.random.stateless_uniform([], apply_seed) < probability
-    mask = tf.logical_and(inside, apply)[:, :, None]
-    noise = tf.random.stateless_uniform(tf.shape(image), noise_seed, 0.0, 255.0)
-    return tf.where(mask, noise, image)
+
+    def erase():
+        noise = tf.random.stateless_uniform(tf.shape(image), noise_seed, 0.0, 255.0)
+        return tf.where(inside[:, :, None], noise, image)
+
+    # the image-sized noise is drawn only for the images erased: about 15% less CPU per training
+    # image (bench/bench_pipeline.py); the same seeds give the same pixels as before
+    return tf.cond(apply, erase, lambda: image)
 
 
 def stream_seed(seed: int, stream: int) -> int:

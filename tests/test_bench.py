@@ -1,0 +1,68 @@
+"""bench/run_all.py writes a valid results.json and the benchmark page renders it (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run_all(argv):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import run_all
+
+        return run_all.main(argv)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def _check_and_render(results_path, tmp_path):
+    from mtl.report.bench import load_results, render_bench
+
+    results = load_results(results_path)
+    assert results["schema"] == 1 and results["machine"]["cpus"] >= 1
+    assert len(results["machine"]["load_before"]) == 3
+    html = render_bench(results_path, tmp_path / "page").read_text()
+    for record in results["benchmarks"]:
+        assert record["name"] in html and record["title"] in html
+    return results, html
+
+
+def test_data_benchmarks_skip_cleanly_without_the_data(tmp_path):
+    out = tmp_path / "results.json"
+    assert _run_all(["--toy", "--only", "input_pipeline,extraction", "--data", str(tmp_path / "absent"),
+                     "--out", str(out)]) == 0
+    results, html = _check_and_render(out, tmp_path)
+    assert [(r["name"], r["status"]) for r in results["benchmarks"]] == [("input_pipeline", "skipped"),
+                                                                         ("extraction", "skipped")]
+    assert all("no data folder" in r["reason"] for r in results["benchmarks"])
+    assert "no data folder" in html
+
+
+@pytest.mark.slow
+def test_a_toy_training_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "results.json"
+    assert _run_all(["--toy", "--only", "train_step", "--out", str(out)]) == 0
+    results, html = _check_and_render(out, tmp_path)
+    (record,) = results["benchmarks"]
+    assert record["status"] == "ok", record
+    assert record["baseline"]["unit"] == record["package"]["unit"] == "images/s"
+    assert record["ratio"] == pytest.approx(record["package"]["value"] / record["baseline"]["value"], rel=0.01)
+    assert isinstance(record["met"], bool) and record["command"].startswith("python bench/bench_train_step.py")
+    assert f"{record['ratio']:.3f}" in html
+
+
+def test_a_broken_results_file_is_one_error(tmp_path):
+    from mtl.errors import DataError
+    from mtl.report.bench import load_results
+
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps({"no": "benchmarks"}))
+    with pytest.raises(DataError, match="no 'benchmarks' list"):
+        load_results(bad)
+    with pytest.raises(DataError, match="not found"):
+        load_results(tmp_path / "missing.json")
