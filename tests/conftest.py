@@ -110,46 +110,26 @@ def tiny_reid_run(synthetic_root, tmp_path_factory) -> Path:
     return out
 
 
-def write_retrieval_examples(run: str | Path, queries: int = 3, top: int = 10) -> Path:
-    """``reid_examples.json`` of a finished identity run: its own model ranks the gallery of its
-    validation people (``query_gallery_split``, as the end-of-training re-id metrics do).
-
-    No library code writes this file yet (issue 12: ``evaluate.py`` should); until it does, this
-    stand-in computes it from the real model in the format ``mtl.report`` documents.
+def write_retrieval_examples(run: str | Path, queries: int = 3) -> Path:
+    """``reid_examples.json`` of a finished identity run, as ``mtl-evaluate --images val`` writes it:
+    its own model ranks the gallery of its validation people (``query_gallery_split``, as the
+    end-of-training re-id metrics do) and ``mtl.reid.protocol.evaluate_labelled`` picks ``queries``
+    queries from best to worst AP (3: best, median, worst), without adding an evaluation to
+    ``metrics.json``.
 
     Returns:
         The file written.
     """
-    import numpy as np
-
     from mtl.data.splits import query_gallery_split
-    from mtl.inference import extract_features
-    from mtl.reid.embedding import embedding_layer_name, feature_model
-    from mtl.reid.protocol import feature_distance
+    from mtl.reid.protocol import evaluate_labelled
     from mtl.rundir import REID_EXAMPLES, RunDir, load_run
 
     loaded = load_run(run)
     cfg = loaded.config
     val = loaded.split[loaded.split["split"] == "val"].reset_index(drop=True)
     query, gallery = query_gallery_split(val, cfg.data.split_seed)
-    layer = embedding_layer_name(loaded.model)
-    both = list(query["path"]) + list(gallery["path"])
-    feats = extract_features(feature_model(loaded.model, [layer]), both, cfg.data.image_height,
-                             cfg.data.image_width)[layer].reshape(len(both), -1)
-    dist = feature_distance(feats[:len(query)], feats[len(query):], "cosine")
-    out = []
-    for i, q in query.head(queries).iterrows():
-        order = np.argsort(dist[i], kind="stable")[:top]
-        items = []
-        for j in order:
-            g = gallery.iloc[j]
-            same = int(g["identity"]) == int(q["identity"])
-            removed = same and int(g["camera"]) == int(q["camera"])
-            items.append({"path": str(g["path"]), "identity": int(g["identity"]), "camera": int(g["camera"]),
-                          "distance": round(float(dist[i, j]), 4), "match": same and not removed,
-                          "same_camera_removed": removed})
-        out.append({"query": str(q["path"]), "query_camera": int(q["camera"]), "query_identity": int(q["identity"]),
-                    "gallery": items})
+    result = evaluate_labelled(loaded.model, [], query, gallery, cfg.data.image_height, cfg.data.image_width,
+                               rerank="no", attributes=False, examples=queries)
     folder = RunDir(run)
-    folder.write_json(REID_EXAMPLES, out)
+    folder.write_json(REID_EXAMPLES, result["examples"])
     return folder.file(REID_EXAMPLES)

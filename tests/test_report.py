@@ -24,6 +24,7 @@ from mtl.errors import DataError
 from mtl.metrics import evaluate_task
 from mtl.report import detect_kind, render_comparison, render_report, report_command
 from mtl.report import examples as ex
+from mtl.report.render import run_context
 from mtl.report import figures, tables
 from mtl.report.thumbnails import Thumbnailer, resolve_path, thumbnail_bytes
 from mtl.tasks import TaskSpec
@@ -75,7 +76,28 @@ def section_ids(text: str) -> list[str]:
 
 
 def img_sources(text: str) -> list[str]:
-    return re.findall(r'<img src="([^"]+)"', text)
+    return re.findall(r'<img (?:class="t" )?src="([^"]+)"', text)
+
+
+def tables_of(text: str) -> list[str]:
+    """The body of every table on the page."""
+    return re.findall(r"<tbody>(.*?)</tbody>", text, flags=re.S)
+
+
+RAW_PYTHON = ("{'", "[{", "['", "None", "True", "False", "nan")  # the words as whole words
+
+
+def assert_readable(text: str) -> None:
+    """No table twice, and no Python structure or value printed as Python prints it (the page's
+    text only: figures and thumbnails are base64, the inline script is code)."""
+    bodies = [b for b in tables_of(text) if b.strip()]
+    assert len(bodies) == len(set(bodies)), "a table is shown twice"
+    shown = re.sub(r"data:[a-z/]+;base64,[A-Za-z0-9+/=]+", "", text)
+    shown = re.sub(r"<script>.*?</script>", "", shown, flags=re.S)
+    shown = re.sub(r"<pre><code>.*?</code></pre>", "", shown, flags=re.S)  # config.yaml, commands: as written
+    shown = shown.replace("&#39;", "'")
+    for raw in RAW_PYTHON:
+        assert not re.search(rf"\b{raw}\b" if raw.isalpha() else re.escape(raw), shown), raw
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -284,6 +306,7 @@ def test_figures_are_pngs_and_are_closed():
     counts = figures.confusion_counts(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1]), 3)
     png_size(figures.confusion_figure(counts, ["a", "b", "c"], "t"))
     png_size(figures.cmc_figure({"plain": [0.5, 0.6, 0.7]}))
+    png_size(figures.study_figure(["a", "a+b"], [0.6, 0.65], [0.0, 0.05], "a: accuracy", baseline=0.5))
     overview = tables.task_overview({"t": {"accuracy": 0.7, "majority_accuracy": 0.5, "per_class": []}})
     png_size(figures.baseline_figure(overview))
     trials = pd.DataFrame({"objective": [0.5, 0.3, np.nan, 0.4]})
@@ -291,6 +314,40 @@ def test_figures_are_pngs_and_are_closed():
     assert len(plt.get_fignums()) == before
     assert figures.curve_panel(history, "missing", "x") is None
     assert figures.cmc_figure({}) is None
+
+
+def test_cmc_axis_has_integer_ranks(monkeypatch):
+    ticks = []
+
+    def keep_ticks(fig, tight=False):
+        fig.canvas.draw()
+        ticks.extend(fig.axes[0].get_xticks())
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return "data:image/png;base64,"
+
+    monkeypatch.setattr(figures, "png_uri", keep_ticks)
+    figures.cmc_figure({"plain": [0.5, 0.6, 0.7]})  # three ranks: matplotlib alone would tick 1.0, 1.5, 2.0, ...
+    visible = [t for t in ticks if 0.5 <= t <= 3.5]
+    assert visible and all(float(t).is_integer() for t in visible)
+
+
+def test_flat_zero_validation_curves_are_meaningless():
+    history = [{"epoch": e, "identity_xent": 3.0 / e, "val_identity_xent": 0.0, "age_xent": 1.0,
+                "val_age_xent": 0.0 if e == 1 else 0.5} for e in (1, 2, 3)]
+    assert figures.meaningless_validation(history, "identity_xent")
+    assert not figures.meaningless_validation(history, "age_xent")  # 0 once is a value
+    assert not figures.meaningless_validation(history, "missing")
+
+
+def test_plain_text_never_prints_python_structures():
+    assert tables.plain_text(["a", "b"]) == "a, b"
+    assert tables.plain_text({"root": "/d", "format": "x"}) == "root: /d; format: x"
+    assert tables.plain_text(None) == "none" and tables.plain_text(False) == "no"
+    assert tables.plain_text([["upcolor"], ["hat", "bag"]]) == "upcolor, hat, bag"
+    table = tables.key_value_table({"seeds": [0, 1], "data": {"format": "x"}, "nothing": None})
+    assert [r[1].text for r in table.rows] == ["0, 1", "format: x", "none"]
 
 
 def test_confusion_counts_match_sklearn_and_skip_missing():
@@ -334,11 +391,18 @@ def test_retrieval_examples_rank_and_bounds():
     queries = [{"query": f"q{j}", "query_camera": 1, "query_identity": 1, "gallery": gallery} for j in range(14)]
     queries.insert(1, {"query": "broken"})  # no gallery: skipped
     out = ex.retrieval_examples(queries, lambda p: None, max_queries=10, max_gallery=10)
-    assert len(out) == 10 and all(len(q["gallery"]) == 10 for q in out)
+    assert len(out) == 10 and all(len(q["gallery"]) == 11 for q in out)
     assert [q["query"] for q in out[:2]] == ["q0", "q1"]
     ranks = [g["rank"] for g in out[0]["gallery"]]
-    assert ranks == [1, 2, None, 3, 4, 5, 6, 7, 8, 9]  # the removed item does not take a rank
+    assert ranks == [1, 2, None, 3, 4, 5, 6, 7, 8, 9, 10]  # the removed item takes no rank: down to rank 10
+    removed_only = [{"path": "r", "identity": 1, "camera": 1, "same_camera_removed": True}] * 50
+    assert len(ex.retrieval_examples([{"query": "q", "gallery": removed_only}], str)[0]["gallery"]) == 20  # bounded
     assert out[0]["hit_at_1"] is True
+    assert out[0]["ap"] is None and out[0]["chosen_as"] is None and out[0]["full"] is None  # optional fields
+    queries[0].update(ap=0.5, chosen_as="best AP")
+    first = ex.retrieval_examples(queries, str.upper, max_queries=1, full=lambda p: "full:" + p)[0]
+    assert (first["ap"], first["chosen_as"], first["full"], first["gallery"][0]["full"]) == (0.5, "best AP", "full:q0",
+                                                                                            "full:g0")
 
 
 def test_thumbnails_are_small_jpegs(tmp_path):
@@ -366,7 +430,14 @@ def test_thumbnails_are_small_jpegs(tmp_path):
 
 def retrieval_counts(examples: list[dict], max_gallery: int = ex.MAX_GALLERY) -> dict[str, int]:
     """How many gallery thumbnails of each kind the report frames, from ``reid_examples.json``."""
-    shown = [g for q in examples[:ex.MAX_QUERIES] for g in q["gallery"][:max_gallery]]
+    shown = []
+    for q in examples[:ex.MAX_QUERIES]:  # down to rank max_gallery, the removed images among them
+        ranked = 0
+        for g in q["gallery"]:
+            if ranked == max_gallery:
+                break
+            shown.append(g)
+            ranked += not g["same_camera_removed"]
     removed = sum(g["same_camera_removed"] for g in shown)
     hits = sum(g["match"] and not g["same_camera_removed"] for g in shown)
     return {"hit": hits, "removed": removed, "miss": len(shown) - hits - removed}
@@ -403,9 +474,27 @@ def test_run_report_has_every_section(tmp_path, tiny_reid_run):
     examples = read_json(run, "reid_examples.json")
     counts = retrieval_counts(examples)
     assert len(examples) == 3 and text.count('<div class="query">') == 3
-    assert sum(counts.values()) == 3 * 10
+    assert counts["hit"] + counts["miss"] == 3 * 10  # each query's top 10
     for kind, n in counts.items():
         assert text.count(f'class="thumb {kind}"') == n
+    # the queries mtl.reid.protocol chose, best to worst AP, each labelled
+    assert [q["chosen_as"] for q in examples] == ["best AP", "median AP", "worst AP"]
+    for q in examples:
+        assert f"<b>{q['chosen_as']}</b><br>AP {q['ap']:.2f}" in text
+    # every thumbnail enlarges on a click, to the image at full size (embedded too)
+    thumbs = re.findall(r'<img class="t" src="(data:image/jpeg;base64,[^"]+)"', text)
+    zooms = re.findall(r'<details class="zoom"><summary[^>]*><img class="t" src="[^"]+"[^>]*><span class="full">'
+                       r'<img src="(data:image/jpeg;base64,[^"]+)"', text)
+    assert thumbs and len(zooms) == len(thumbs)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(decode_data_uri(zooms[0]))) as big:
+        with Image.open(Path(examples[0]["query"])) as original:
+            assert big.size == original.size  # full size (a synthetic crop is far below the 512 px bound)
+    # the monitored joint loss is plotted; no table twice, nothing printed as Python prints it
+    assert 'alt="training curve: all tasks · joint_loss (monitored)"' in text
+    assert "Early stopping watches <code>val_joint_loss</code>" in text
+    assert_readable(text)
     # self-contained: every image embedded, nothing fetched
     sources = img_sources(text)
     assert sources and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in sources)
@@ -435,6 +524,13 @@ def test_identity_task_gets_curves_but_no_class_tables(tmp_path, tiny_reid_run):
     assert {"identity_xent", "val_identity_xent", "embedding_loss"} <= set(history[0])
     assert "training curve: identity · xent" in text
     assert 'id="task-identity"' not in text  # no metrics, no predictions: no task section
+    # validation identity accuracy / cross-entropy are 0 by construction: their panels are training only
+    assert all(history[e][f"val_identity_{m}"] == 0 for e in range(len(history)) for m in ("xent", "accuracy"))
+    ctx = run_context(rundir.load(tiny_reid_run))
+    assert {"identity · xent", "identity · accuracy"} == set(ctx["train_only"])
+    keys = [c["key"] for c in ctx["curves"]]
+    assert keys[0] == "joint_loss" and "embedding_loss" in keys and "loss" not in keys
+    assert 'class="curvegrid"' in text and "class=\"panels\"" not in text  # one grid of panels, no half-empty rows
     # the tasks table counts its classes: the training people
     classes = len(identity[0]["classes"])
     assert classes == read_json(tiny_reid_run, "data.json")["splits"]["train"]["identities"]
@@ -451,13 +547,26 @@ def test_evaluation_from_evaluate_py_is_shown(tmp_path, tiny_reid_run, tiny_run,
     text = html_of(render_report(run, tmp_path / "r.html"))
     assert section_ids(text) == ["run", "glance", "curves", "attributes", "evaluation", "tasks", "reid"]
     assert f"Evaluation on {num_images:,} images" in text and escape(images) in text
-    # both re-id results, the headline from the evaluation
-    assert "<h3>validation people, at the end of training</h3>" in text
-    assert f"<h3>evaluation: {escape(images)}</h3>" in text
+    # --images val ranks the same people as the end of training: one re-id table, one set of attribute
+    # tables (those of the validation split), the headline from the evaluation
+    assert evaluation["reid"]["plain"] == read_json(tiny_reid_run, "metrics.json")["reid"]["plain"]
+    assert text.count("<h3>validation people") == 1 and "<h3>evaluation:" not in text
+    assert "These are the images of the validation split" in text
+    assert "--tasks</th><td>gender, hat, upcolor, identity<" in text
+    assert_readable(text)
+    # and mtl-evaluate wrote retrieval examples for the report
+    examples = read_json(run, "reid_examples.json")
+    assert examples[0]["chosen_as"] == "best AP" and text.count('<div class="query">') == len(examples)
     eval_map = f"{100 * evaluation['reid']['plain']['mAP']:.1f}%"
     assert re.search(rf"<b>{re.escape(eval_map)}</b><span>re-id mAP \(evaluation\)</span>", text)
     cmp = html_of(render_comparison([run, tiny_run], tmp_path / "c.html"))
     assert eval_map in cmp  # the comparison takes the evaluation's re-id numbers too
+    # another distance ranks differently: both results are shown, each once
+    assert evaluate(["--run", str(run), "--images", "val", "--distance", "euclidean", "--examples", "0"]) == 0
+    text = html_of(render_report(run, tmp_path / "r2.html"))
+    assert "<h3>validation people, at the end of training</h3>" in text
+    assert "<h3>evaluation: " in text
+    assert_readable(text)
 
 
 def test_report_without_reid_has_no_reid_section(tmp_path, tiny_run):
@@ -497,10 +606,12 @@ def test_report_size_does_not_grow_with_the_number_of_predictions(tmp_path, tiny
     assert size_big < 1.3 * size_small  # bounded samples: the 100x bigger run is about the same size
     text = html_of(out)
     assert text.count('<div class="query">') == ex.MAX_QUERIES
-    thumbs = [s for s in img_sources(text) if s.startswith("data:image/jpeg")]
+    thumbs = re.findall(r'<img class="t" src="data:image/jpeg', text)
     per_task = 4 * ex.PER_GROUP
     attributes = run_tasks(big, ("binary", "categorical"))
-    assert len(thumbs) <= len(attributes) * per_task + ex.MAX_QUERIES * (1 + ex.MAX_GALLERY)
+    assert len(thumbs) <= len(attributes) * per_task + ex.MAX_QUERIES * (1 + 2 * ex.MAX_GALLERY)
+    jpegs = [s for s in img_sources(text) if s.startswith("data:image/jpeg")]
+    assert len(jpegs) == 2 * len(thumbs)  # each with its full-size image, no more
     assert "First 10 of 300 queries." in text
 
 
@@ -520,9 +631,10 @@ def write_tuning(out: Path) -> Path:
     ``mtl.tuning`` writes them. Kept by hand: a real two-trial search costs a minute, and
     ``mtl.tuning.results.write_results`` needs a keras-tuner oracle."""
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"trial_id": ["00", "01", "02", "03"], "status": ["COMPLETED"] * 3 + ["FAILED"],
-                  "objective": [0.61, 0.72, 0.55, None], "trial_seconds": [10.0, 12.5, 9.1, 1.0],
-                  "learning_rate": [1e-3, 3e-4, 1e-2, 1e-4], "dropout": [0.1, 0.3, 0.5, 0.2]}
+    pd.DataFrame({"trial": [1, 2, 3, 4], "status": ["COMPLETED"] * 3 + ["FAILED"],
+                  "objective": [0.61, 0.72, 0.55, None], "majority_baseline": [0.5] * 4,
+                  "trial_seconds": [10.0, 12.5, 9.1, 1.0], "learning_rate": [1e-3, 3e-4, 1e-2, 1e-4],
+                  "dropout": [0.1, 0.3, 0.5, 0.2], "trial_id": ["00", "01", "02", "03"]}
                  ).to_csv(out / "trials.csv", index=False)
     (out / "best_config.yaml").write_text("tasks: age\ntrain:\n  learning_rate: 0.0003\n")
     (out / "tuning.json").write_text(json.dumps({
@@ -530,9 +642,49 @@ def write_tuning(out: Path) -> Path:
                       "text": "val_age_accuracy", "post_trial": False},
         "tuner": "random", "max_trials": 4, "trials": 4, "completed": 3, "memory_mb": [],
         "command": "scripts/tune.py --tasks age --max-trials 4",
-        "best": {"trial_id": "01", "value": 0.72, "hyperparameters": {"learning_rate": 3e-4, "dropout": 0.3},
+        "best": {"trial": 2, "trial_id": "01", "value": 0.72, "majority_baseline": 0.5,
+                 "hyperparameters": {"learning_rate": 3e-4, "dropout": 0.3},
                  "config": "best_config.yaml"}}))
     return out
+
+
+def test_trials_are_numbered_from_1_with_their_majority_baseline():
+    import keras_tuner
+    from keras_tuner.engine import trial as trial_module
+
+    from mtl.tuning.objective import resolve_objective
+    from mtl.tuning.results import majority_metrics, objective_baseline, trial_line, trials_table
+
+    tasks = [TaskSpec("age", ("young", "old", "teen"), "categorical"), TaskSpec("hat", ("no", "yes"), "binary")]
+    val = pd.DataFrame({"age": [0, 0, 0, 1, -1], "hat": [1, 0, 0, 0, 0]})
+    baselines = majority_metrics(val, tasks)
+    # by hand: age 3 of 4 labelled are "young"; hat 4 of 5 "no"; a constant answer has balanced accuracy 0.5
+    assert baselines["val_age_accuracy"] == 0.75 and baselines["val_hat_accuracy"] == 0.8 and baselines["mA"] == 0.5
+    assert baselines["val_hat_macro_f1"] == pytest.approx((2 * 0.8 / 1.8) / 2)
+    objective = resolve_objective("age.accuracy,hat.accuracy", tasks)
+    assert objective_baseline(objective, baselines) == pytest.approx(0.775)
+    assert objective_baseline(resolve_objective("masked_loss", tasks), baselines) is None  # a loss has none
+
+    class Oracle:  # what trials_table reads of keras-tuner's oracle
+        def __init__(self):
+            self.space = keras_tuner.HyperParameters()
+            self.space.Float("lr", 1e-4, 1e-2)
+            self.trials = {}
+            for i, value in enumerate([0.6, 0.8]):
+                t = trial_module.Trial(self.space.copy(), trial_id=f"{i:02d}", status="COMPLETED")
+                t.metrics.register(objective.name, direction="max")
+                t.metrics.update(objective.name, value)
+                self.trials[t.trial_id] = t
+
+        def get_space(self):
+            return self.space
+
+    oracle = Oracle()
+    table = trials_table(oracle, objective, 0.775)
+    assert list(table.columns[:4]) == ["trial", "status", "objective", "majority_baseline"]
+    assert list(table["trial"]) == [1, 2] and list(table["trial_id"]) == ["00", "01"]  # keras-tuner's, last
+    line = trial_line(oracle, "01", objective, {"max_trials": 4, "best": {"trial": 2, "majority_baseline": 0.775}})
+    assert line == "trial 2 of 4: mean_val_accuracy 0.8000 (majority baseline 0.7750); best so far: trial 2"
 
 
 def test_tuning_report(tmp_path, tiny_run):
@@ -541,9 +693,14 @@ def test_tuning_report(tmp_path, tiny_run):
     text = html_of(render_report(out, tmp_path / "t.html"))
     assert section_ids(text) == ["tuning", "subruns"]
     assert "val_age_accuracy (max)" in text and "sorted by val_age_accuracy, best first" in text
-    order = re.findall(r'<tr><td(?: class="good")? data-v="(\d+)">', text)
-    assert order[:4] == ["01", "00", "02", "03"]  # best first, the failed trial (no value) last
-    assert text.count('<td class="good" data-v="01">') == 1  # the best trial is highlighted
+    order = re.findall(r'<tr><td class="num(?: good)?" data-v="(\d+)">', text)
+    assert order[:4] == ["2", "1", "3", "4"]  # best first, the failed trial (no value) last
+    assert text.count('<td class="num good" data-v="2">2</td>') == 1  # the best trial is highlighted
+    # one numbering: trial 2 in the table and the summary, keras-tuner's "01" nowhere
+    assert "<th>best trial</th><td>2</td>" in text and "trial_id" not in text and ">01<" not in text
+    headers = re.findall(r"<th[^>]*>([^<]+)</th>", text[text.index("<h3>Trials</h3>"):])
+    assert headers[2:4] == ["objective", "majority_baseline"]  # the baseline beside the objective
+    assert_readable(text)
     assert "python scripts/train.py --config" in text and "learning_rate: 0.0003" in text
     assert 'alt="objective per trial"' in text
     assert "trial_01" in text and report_command(out / "trial_01") in text
@@ -557,15 +714,21 @@ def test_study_report(tmp_path, tiny_study):
     for s in info["sets"]:
         assert f'<td data-v="{s["set"]}">{s["set"]}</td>' in text
     assert "seeds" in text and "Study report: study" in text
+    # a chart of the main task's accuracy per set, with the differences to the main task alone
+    assert 'alt="main task accuracy per task set"' in text
+    for s in info["sets"][1:]:
+        assert f"{100 * s['delta_accuracy']:+.1f}" in text
+    assert_readable(text)
 
 
-def test_study_report_lists_its_runs(tmp_path, tiny_study):
+def test_study_report_links_each_set_to_its_run_reports(tmp_path, tiny_study):
     text = html_of(render_report(tiny_study, tmp_path / "s.html"))
-    assert section_ids(text) == ["study", "subruns"]
+    assert section_ids(text) == ["study"]  # the table of sets links the runs: no second list of them
     for r in read_json(tiny_study, "study.json")["runs"]:
-        assert report_command(r["run_dir"]) in text
-        label = str(Path(r["run_dir"]).relative_to(tiny_study))  # "gender/seed0", not two rows named "seed0"
-        assert f">{label}<" in text
+        label = Path(r["run_dir"]).relative_to(tiny_study).as_posix()  # "gender/seed0"
+        assert f'<a href="{escape(label)}/index.html">seed {r["seed"]}</a>' in text
+        sub = html_of(tmp_path / label / "index.html")  # rendered beside the study's page
+        assert f"Run report: seed{r['seed']}" in sub and "glance" in section_ids(sub)
 
 
 def test_comparison(tmp_path, tiny_reid_run, tiny_run):

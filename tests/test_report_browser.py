@@ -2,7 +2,11 @@
 and the session's real runs (tests/conftest.py: one with the identity task and its retrieval
 examples) render theirs; headless Chromium loads them from disk, with every image decoded, no
 script error, sortable tables that sort, no sideways scrolling on a narrow window, and
-screenshots at desktop and phone widths.
+screenshots at desktop and phone widths. The identity run's page is screenshot whole: its
+retrieval examples (green / red frames) and the monitored joint-loss curve are on it, and a
+clicked thumbnail shows its image at full size over the page.
+
+``MTL_SCREENSHOTS=DIR`` keeps the screenshots there, to look at.
 
 Chromium comes from Debian's ``chromium`` package in CI (``apt-get install chromium``); set
 ``MTL_BROWSER`` to use another Chromium or Chrome binary. Without one the browser tests skip.
@@ -133,3 +137,43 @@ def test_reid_and_comparison_pages_in_the_browser(browser, tiny_reid_run, tiny_r
     state = page_state(browser, render_comparison([tiny_reid_run, tiny_run], tmp_path / "ab.html"),
                        tmp_path / "profile")
     assert_loaded(state, {"runs", "settings", "tasks", "curves"})
+
+
+def keep_screenshot(path: Path) -> None:
+    """Copy a screenshot to ``$MTL_SCREENSHOTS`` when set (to look at it)."""
+    folder = os.environ.get("MTL_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(folder) / path.name)
+
+
+def colour_share(shot: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 30) -> float:
+    """Share of the pixels within ``tolerance`` of ``rgb`` on every channel."""
+    return float((np.abs(shot.astype(int) - np.asarray(rgb)).max(axis=-1) <= tolerance).mean())
+
+
+def test_identity_run_report_shows_retrieval_examples_and_the_joint_loss(browser, tiny_reid_run, tmp_path):
+    from mtl.report import render_report
+
+    html = render_report(tiny_reid_run, tmp_path / "reid.html")
+    queries = json.loads((tiny_reid_run / "reid_examples.json").read_text())
+    dom = run_browser(browser, tmp_path / "profile", "--window-size=1280,900", "--dump-dom", html.resolve().as_uri()).stdout
+    assert 'alt="training curve: all tasks · joint_loss (monitored)"' in dom
+    assert dom.count('<div class="query">') == len(queries) > 0
+    state = page_state(browser, html, tmp_path / "profile")
+    assert_loaded(state, {"curves", "reid"})
+    # the whole page: the retrieval examples are framed green (same person) and red (another)
+    size = (1280, 9000)
+    shot = screenshot(browser, html, tmp_path / "profile", tmp_path / "reid-run-report.png", size)
+    keep_screenshot(tmp_path / "reid-run-report.png")
+    hits = sum(g["match"] for q in queries for g in q["gallery"][:10])
+    misses = sum(not g["match"] and not g["same_camera_removed"] for q in queries for g in q["gallery"][:10])
+    assert hits and misses
+    assert colour_share(shot, (0x1E, 0x8E, 0x3E), 20) > 1e-5 and colour_share(shot, (0xD9, 0x30, 0x25), 20) > 1e-5
+    # a clicked thumbnail (its <details> open) covers the window with the image at full size
+    opened = tmp_path / "zoomed.html"
+    opened.write_text(html.read_text().replace('<details class="zoom">', '<details class="zoom" open>', 1))
+    zoomed = screenshot(browser, opened, tmp_path / "profile", tmp_path / "reid-zoomed.png", DESKTOP)
+    keep_screenshot(tmp_path / "reid-zoomed.png")
+    dark = (zoomed.astype(int).sum(axis=-1) < 3 * 70).mean()
+    assert dark > 0.5  # the dimmed page behind the enlarged image

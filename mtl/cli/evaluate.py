@@ -9,9 +9,9 @@ Which images are evaluated:
       val     the run's validation identities (split.csv);
       unseen  every labelled image whose identity was not a training identity of the run;
       all     every labelled image (a folder of new people).
-    Its images are split into one query per identity and camera, the rest gallery. Where no identity
-    is seen by two cameras (products: fashion, imaterialist) there is no re-identification: the
-    images are evaluated for their attributes only.
+    Its images are split into one query per identity and camera, the rest gallery. Products (fashion,
+    imaterialist) have no camera views, and people seen by one camera only form no query: there is
+    no re-identification then, the images are evaluated for their attributes only.
 Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA) are computed on the
 same images (queries and gallery together), for every task of the run or those of --tasks.
 
@@ -30,8 +30,13 @@ euclidean; mAP, mINP, rank-1/5/10 and CMC without and with k-reciprocal re-ranki
 metrics of a random ranking ("chance"). --attr-weight / --attr-alpha add attribute-combined
 distances (d_feat + w * d_attr and d_feat * (alpha + d_attr)) to measure whether attributes help.
 
+Retrieval examples: with a ranking, RUN/reid_examples.json gets --examples queries (default 9),
+chosen from the best to the worst average precision (best, median and worst among them), each with
+its top 10 gallery images; mtl-report shows them (--queries N).
+
 Output: the key "evaluation" of RUN/metrics.json (the training metrics in the other keys are kept;
-a previous "evaluation" is replaced, and the command says so), and --out FILE if given.
+a previous "evaluation" is replaced, and the command says so), RUN/reid_examples.json, and --out
+FILE if given.
 
 Examples:
     mtl-evaluate --run runs/reid
@@ -50,6 +55,8 @@ from pathlib import Path
 
 from mtl.cli.common import FORMAT_CHOICES, new_parser, one_of, run_main
 from mtl.errors import ConfigError, DataError, MtlError, WriteError
+
+EXAMPLE_QUERIES = 9  # mtl.reid.protocol.EXAMPLE_QUERIES, without importing the numerical stack for --help
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per batch of feature extraction (default: the run's)")
     p.add_argument("--tasks", help="comma-separated tasks of the run to evaluate (default: all of the run's tasks)")
     p.add_argument("--no-attributes", action="store_true", help="skip the attribute metrics")
+    p.add_argument("--examples", type=int, default=EXAMPLE_QUERIES, metavar="N",
+                   help=f"ranked retrieval examples written to RUN/reid_examples.json for the report: N queries "
+                        f"from best to worst AP (default {EXAMPLE_QUERIES}; 0: none)")
     p.add_argument("--out", help="also write the evaluation to this JSON file")
     return p
 
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
         MtlError: bad input (run, data, --tasks, unwritable output); :func:`entry` prints it as one line.
     """
     args = parser().parse_args(argv)
+    if args.examples < 0:
+        raise ConfigError(f"--examples {args.examples}: give 0 (no retrieval examples) or more")
     from mtl.io import folder_lock
 
     run_dir = Path(args.run)
@@ -164,8 +176,8 @@ def _evaluate(args, run_dir: Path) -> int:
 
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.relabel import load_for_run, unseen_summary
-    from mtl.reid.protocol import evaluate_labelled, evaluation_images
-    from mtl.rundir import METRICS, RunDir, load_run
+    from mtl.reid.protocol import evaluate_labelled, evaluation_images, no_ranking_reason
+    from mtl.rundir import METRICS, REID_EXAMPLES, RunDir, load_run
 
     metrics = check_outputs_writable(run_dir, args.out)
     print(f"loading run {run_dir}", flush=True)
@@ -190,7 +202,9 @@ def _evaluate(args, run_dir: Path) -> int:
     start = time.time()
     result = evaluate_labelled(run.model, tasks, query, gallery, cfg.data.image_height, cfg.data.image_width,
                                args.batch_size or cfg.train.batch_size, args.distance, args.rerank,
-                               args.attr_weight, args.attr_alpha, attributes=not args.no_attributes)
+                               args.attr_weight, args.attr_alpha, attributes=not args.no_attributes,
+                               examples=args.examples)
+    examples = result.pop("examples", None)
     evaluation = {
         "data": str(source.root), "format": source.name, "images": what,
         "settings": {"images": args.images, "distance": args.distance, "rerank": args.rerank,
@@ -213,7 +227,7 @@ def _evaluate(args, run_dir: Path) -> int:
             print(f"attributes: mean accuracy {s['mean_accuracy']:.3f}{ma} on {attributes['num_images']} images")
     reid = result.get("reid")
     if reid is None:
-        print("re-identification: skipped (no identity is seen by two cameras)")
+        print(f"re-identification: {no_ranking_reason(gallery)}")
     else:
         print(f"re-identification ({reid['feature_layer']} features, {reid['distance']} distance, "
               f"{reid['num_query']} queries, {reid['num_gallery']} gallery images):")
@@ -231,6 +245,10 @@ def _evaluate(args, run_dir: Path) -> int:
     metrics["evaluation"] = evaluation
     RunDir(run_dir).write_metrics(metrics)
     print(f"written: {metrics_path} (key 'evaluation')")
+    if examples:
+        RunDir(run_dir).write_json(REID_EXAMPLES, examples)
+        print(f"written: {RunDir(run_dir).file(REID_EXAMPLES)} ({len(examples)} ranked retrieval examples, "
+              f"best to worst AP; shown by mtl-report)")
     if args.out:
         from mtl.io import atomic_write_json
 

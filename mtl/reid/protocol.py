@@ -50,6 +50,12 @@ RERANK_PARAMS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
 # in bounded memory, at any size)
 DENSE_RERANK_LIMIT = 8000
 CMC_RANKS = 20  # length of the CMC curve stored in metrics
+# retrieval examples (reid_examples.json, shown by the report): queries chosen from best to worst
+# average precision (an odd count holds the median), each with its first EXAMPLE_TOP gallery images
+EXAMPLE_QUERIES = 9
+EXAMPLE_TOP = 10
+NO_CAMERAS = "not applicable (products have no camera views)"
+ONE_CAMERA = "skipped (no identity is seen by two cameras)"
 
 
 # === Which images ===
@@ -122,9 +128,19 @@ def evaluation_images(source, run_split: pd.DataFrame | None = None, run_root: s
     query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
     if query.empty:  # products, or people seen by one camera: attributes only
         return query, table.reset_index(drop=True), (
-            f"{what}: {len(table)} images, no identity seen by two cameras (no re-identification)")
+            f"{what}: {len(table)} images; re-identification {no_ranking_reason(table)}")
     ids = table["identity"].nunique()
     return query, gallery, f"{what}: {ids} identities, {len(query)} queries, {len(gallery)} gallery images"
+
+
+def no_ranking_reason(table: pd.DataFrame) -> str:
+    """Why ``table`` gives no re-identification query, in the words of its kind of data.
+
+    Returns:
+        ``NO_CAMERAS`` when no image has a camera (products: camera -1), else ``ONE_CAMERA``.
+    """
+    cameras = table["camera"] if "camera" in table else pd.Series([], dtype=int)
+    return NO_CAMERAS if not (pd.to_numeric(cameras, errors="coerce") >= 0).any() else ONE_CAMERA
 
 
 # === Metrics ===
@@ -166,6 +182,108 @@ def attribute_vectors(outputs: dict, tasks: Sequence[TaskSpec]) -> np.ndarray | 
         elif spec.kind == CATEGORICAL:
             columns.append(np.asarray(outputs[spec.name], np.float32))
     return np.concatenate(columns, axis=1) if columns else None
+
+
+def query_average_precision(distmat, q_ids, g_ids, q_cams, g_cams) -> np.ndarray:
+    """Average precision of each query under the protocol of ``evaluate_rank`` (same identity
+    and camera removed; ties ordered by gallery index), NaN for a query with no match left.
+
+    One stable sort per query row: for choosing example queries, not for the reported mAP
+    (``evaluate_rank`` is the fast, exact one; their mean agrees with its mAP).
+
+    Returns:
+        ``(Q,)`` float64 array.
+    """
+    distmat = np.asarray(distmat)
+    q_ids, g_ids, q_cams, g_cams = map(np.asarray, (q_ids, g_ids, q_cams, g_cams))
+    ap = np.full(len(distmat), np.nan)
+    for i, row in enumerate(distmat):
+        order = np.argsort(row, kind="stable")
+        same = g_ids[order] == q_ids[i]
+        keep = ~(same & (g_cams[order] == q_cams[i]))
+        hits = same[keep]
+        if hits.any():
+            ranks = np.flatnonzero(hits) + 1
+            ap[i] = float(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    return ap
+
+
+def choose_queries(ap: np.ndarray, count: int = EXAMPLE_QUERIES) -> list[tuple[int, str]]:
+    """``count`` queries spread from the best to the worst average precision.
+
+    Queries without a match (NaN) are never chosen. The first is the best, the last the worst and,
+    for an odd ``count``, the middle one the median (the lower middle one of an even number of
+    queries); ties go to the lower query index.
+
+    Returns:
+        ``[(query index, label)]``, best first; labels ``best AP``, ``median AP``, ``worst AP`` or
+        ``AP rank k of n``.
+    """
+    valid = np.flatnonzero(np.isfinite(ap))
+    if count <= 0 or not len(valid):
+        return []
+    order = valid[np.lexsort((valid, -ap[valid]))]  # best first, lower index first among ties
+    n = len(order)
+    # floor: the middle of an odd count lands on (n - 1) // 2, the median (the lower one for an even n)
+    positions = sorted({int(np.floor(p)) for p in np.linspace(0, n - 1, min(count, n))})
+    chosen = []
+    for pos in positions:
+        if pos == 0:
+            label = "best AP"
+        elif pos == n - 1:
+            label = "worst AP"
+        elif pos == (n - 1) // 2:
+            label = "median AP"
+        else:
+            label = f"AP rank {pos + 1} of {n}"
+        chosen.append((int(order[pos]), label))
+    return chosen
+
+
+def retrieval_examples(distmat, query: pd.DataFrame, gallery: pd.DataFrame, queries: int = EXAMPLE_QUERIES,
+                       top: int = EXAMPLE_TOP) -> list[dict]:
+    """Ranked retrieval examples in the format of ``reid_examples.json`` (``mtl.report``).
+
+    The queries are chosen by their average precision (:func:`choose_queries`: best, ..., median,
+    ..., worst); each lists its gallery images in distance order (ties by gallery index, as the
+    metrics rank them) down to its ``top``-th ranked one. Images the protocol removes (same
+    identity and camera) are listed where they fall, flagged ``same_camera_removed``; they take
+    no rank.
+
+    Args:
+        distmat: ``(Q, G)`` distances of the ranking the metrics report (``plain``).
+        query, gallery: the frames the rows / columns come from (``path``, ``identity``, ``camera``).
+        queries: how many queries; ``top``: ranked gallery images per query.
+
+    Returns:
+        ``[{"query", "query_identity", "query_camera", "ap", "chosen_as", "gallery": [{"path",
+        "identity", "camera", "distance", "match", "same_camera_removed"}]}]``.
+    """
+    distmat = np.asarray(distmat)
+    q_ids, g_ids = query["identity"].to_numpy(), gallery["identity"].to_numpy()
+    q_cams, g_cams = query["camera"].to_numpy(), gallery["camera"].to_numpy()
+    ap = query_average_precision(distmat, q_ids, g_ids, q_cams, g_cams)
+    out = []
+    for i, label in choose_queries(ap, queries):
+        items, ranked = [], 0
+        for j in np.argsort(distmat[i], kind="stable"):
+            if ranked == top:
+                break
+            same = g_ids[j] == q_ids[i]
+            removed = bool(same and g_cams[j] == q_cams[i])
+            ranked += not removed
+            items.append({"path": str(gallery["path"].iloc[j]), "identity": _plain(g_ids[j]),
+                          "camera": _plain(g_cams[j]), "distance": round(float(distmat[i, j]), 4),
+                          "match": bool(same and not removed), "same_camera_removed": removed})
+        out.append({"query": str(query["path"].iloc[i]), "query_identity": _plain(q_ids[i]),
+                    "query_camera": _plain(q_cams[i]), "ap": round(float(ap[i]), 4), "chosen_as": label,
+                    "gallery": items})
+    return out
+
+
+def _plain(value):
+    """A numpy scalar as the JSON-ready Python value."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _dense_rerank(d_qg, d_qq, d_gg):
@@ -241,7 +359,7 @@ def evaluate_embeddings(q_feat, g_feat, q_ids, g_ids, q_cams, g_cams, distance: 
 def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gallery: pd.DataFrame, height: int,
                       width: int, batch_size: int = 64, distance: str = "cosine", rerank: str = "auto",
                       attr_weight: float | None = None, attr_alpha: float | None = None,
-                      attributes: bool = True) -> dict:
+                      attributes: bool = True, examples: int = 0) -> dict:
     """Evaluate a model on labelled query / gallery images with one pass of feature extraction.
 
     Args:
@@ -252,11 +370,14 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
         height, width, batch_size: input size and images per batch.
         distance, rerank, attr_weight, attr_alpha: see ``evaluate_embeddings``.
         attributes: also compute attribute metrics on the query and gallery images together.
+        examples: also return this many ranked retrieval examples of the plain distance
+            (:func:`retrieval_examples`, the content of ``reid_examples.json``); 0: none.
 
     Returns:
         ``{"reid": evaluate_embeddings result plus "feature_layer", "attributes": {"tasks",
-        "summary", "num_images"}}`` (``reid`` only when there are queries, ``attributes`` only when
-        asked and the model has attribute tasks).
+        "summary", "num_images"}, "examples": [...]}`` (``reid`` only when there are queries,
+        ``attributes`` only when asked and the model has attribute tasks, ``examples`` only when
+        asked and there are queries).
 
     Raises:
         DataError: no query and no attribute metrics: nothing to evaluate.
@@ -285,6 +406,9 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
             query["camera"].to_numpy(), gallery["camera"].to_numpy(), distance, rerank,
             None if attr is None else attr[:nq], None if attr is None else attr[nq:], attr_weight, attr_alpha)
         result["reid"] = {"feature_layer": layer, **reid}
+        if examples > 0:
+            result["examples"] = retrieval_examples(feature_distance(feats[:nq], feats[nq:], distance), query,
+                                                    gallery, queries=examples)
     if attributes and attr_tasks:
         per_task = {t.name: evaluate_task(both[t.name].to_numpy(), class_probabilities(outputs[t.name], t), t)
                     for t in attr_tasks if t.name in both.columns}

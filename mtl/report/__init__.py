@@ -44,13 +44,15 @@ ranking: one table row each (plain first, chance last and greyed), one CMC line 
 has ``cmc``. Values are fractions in [0, 1]. Other scalar entries (sizes, distance, notes) are
 listed as they are.
 
-Retrieval examples, ``reid_examples.json`` in the run directory (a list; the report shows at
-most ``MAX_QUERIES`` of them and the first ``MAX_GALLERY`` gallery items of each)::
+Retrieval examples, ``reid_examples.json`` in the run directory, written by ``mtl-evaluate``
+(``mtl.reid.protocol.retrieval_examples``: queries from the best to the worst AP). A list; the
+report shows at most ``MAX_QUERIES`` of them, each down to rank ``MAX_GALLERY``::
 
     [{"query": "/data/market/query/0001_c1s1_001051_00.jpg",   # image path
       "query_camera": 1, "query_identity": 1,
-      "gallery": [                     # distance order, the top 10 (items the protocol removes
-                                       # may be included where they fall: they take no rank)
+      "ap": 0.83, "chosen_as": "best AP",   # optional: why this query is shown
+      "gallery": [                     # distance order down to rank 10 (items the protocol removes
+                                       # are included where they fall: they take no rank)
           {"path": "...", "identity": 1, "camera": 2, "distance": 0.31,
            "match": true,                  # same identity (a correct retrieval)
            "same_camera_removed": false},  # same identity and camera: excluded by the protocol

@@ -88,7 +88,8 @@ def _series(history: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
-def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: int | None = None) -> str | None:
+def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: int | None = None,
+                validation: bool = True) -> str | None:
     """One metric over epochs, training vs validation, the epoch early stopping kept marked.
 
     One small figure per metric (rather than one wide figure per task) so that the page can lay
@@ -100,11 +101,14 @@ def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: in
         key: training key (the validation key is ``"val_" + key``).
         title: panel title.
         best_epoch: the epoch the run kept (a dashed vertical line), or ``None``.
+        validation: also draw the validation series (``False`` where it means nothing, see
+            ``meaningless_validation``).
 
     Returns:
         A PNG data URI, or ``None`` when neither series has a value.
     """
-    series = [(_series(history, k), color) for k, color in ((key, TRAIN_COLOR), ("val_" + key, VAL_COLOR))]
+    keys = ((key, TRAIN_COLOR), ("val_" + key, VAL_COLOR)) if validation else ((key, TRAIN_COLOR),)
+    series = [(_series(history, k), color) for k, color in keys]
     if not any(len(x) for (x, _), _ in series):
         return None
     fig, ax = plt.subplots(figsize=(3.6, 2.4))
@@ -117,11 +121,20 @@ def curve_panel(history: Sequence[Mapping], key: str, title: str, best_epoch: in
     ax.set_xlabel("epoch", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.ticklabel_format(axis="y", useOffset=False)  # "+2.944" above the axis reads as a value
     ax.grid(alpha=0.3)
     if "accuracy" in key:
         ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()
     return png_uri(fig)
+
+
+def meaningless_validation(history: Sequence[Mapping], key: str) -> bool:
+    """Whether the validation series of ``key`` is 0 at every epoch: the identity task's
+    classification accuracy and cross-entropy on validation people, who are not among the
+    training classes (0 by construction, not a result)."""
+    _, y = _series(history, "val_" + key)
+    return len(y) > 0 and bool(np.all(y == 0))
 
 
 def same_series(history: Sequence[Mapping], a: str, b: str, rtol: float = 1e-3) -> bool:
@@ -220,6 +233,7 @@ def cmc_figure(curves: Mapping[str, Sequence[float]], max_rank: int = 50) -> str
     ax.set_ylabel("matched within top k", fontsize=9)
     ax.set_ylim(min(0.0, min(float(c.min()) for c in curves.values())), 1.01)
     ax.set_xlim(0.5, max(len(c) for c in curves.values()) + 0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # ranks are whole numbers
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
@@ -242,13 +256,19 @@ def trials_figure(trials: pd.DataFrame, objective: str, direction: str | None = 
     if not np.isfinite(values).any():
         return None
     maximize = str(direction).lower() in ("max", "maximize")
-    x = np.arange(1, len(values) + 1)
+    numbers = pd.to_numeric(trials["trial"], errors="coerce").to_numpy(dtype=float) if "trial" in trials else None
+    # the trial numbers of trials.csv (what the console and the table say), else the row order
+    x = numbers if numbers is not None and np.isfinite(numbers).all() else np.arange(1, len(values) + 1)
     filled = np.where(np.isfinite(values), values, -np.inf if maximize else np.inf)
     best = np.maximum.accumulate(filled) if maximize else np.minimum.accumulate(filled)
     fig, ax = plt.subplots(figsize=(5.5, 2.8))
     ax.plot(x, values, "o", markersize=4, label=label or objective)
     ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color=BEST_COLOR, label="best so far")
-    ax.set_xlabel("trial (in the order run)", fontsize=9)
+    if "majority_baseline" in trials:
+        base = pd.to_numeric(trials["majority_baseline"], errors="coerce").dropna()
+        if len(base):
+            ax.axhline(float(base.iloc[0]), color="black", linestyle=":", linewidth=1.2, label="majority baseline")
+    ax.set_xlabel("trial", fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(label or objective, fontsize=9)
     ax.tick_params(labelsize=8)
@@ -289,3 +309,52 @@ def comparison_curves(histories: Sequence[Sequence[Mapping]], names: Sequence[st
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def study_figure(sets: Sequence[str], values: Sequence[float], deltas: Sequence[float | None], label: str,
+                 baseline: float | None = None, seeds: Mapping[str, Sequence[float]] | None = None) -> str | None:
+    """The main task's metric per task set, each bar labelled with its difference to the main
+    task trained alone (the first set), in points.
+
+    Args:
+        sets: task set names, the main task alone first.
+        values: the metric of each set (mean over seeds), fractions in [0, 1].
+        deltas: each set's value minus the first set's (``None`` / NaN: not known).
+        label: the metric's name (axis label).
+        baseline: the main task's majority-class accuracy (a vertical line), if known.
+        seeds: per set, the value of each seed (dots over the bar) when there are several.
+    """
+    vals = np.asarray([float(v) if finite(v) else np.nan for v in values])
+    if not len(vals) or not np.isfinite(vals).any():
+        return None
+    n = len(vals)
+    fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.42 * n))
+    y = np.arange(n)
+    colors = ["#7f7f7f"] + [("#2ca02c" if finite(d) and d > 0 else "#d62728" if finite(d) and d < 0 else "#7f7f7f")
+                            for d in list(deltas)[1:]]
+    ax.barh(y, np.nan_to_num(vals), height=0.6, color=colors[:n], alpha=0.85)
+    for yi, name in enumerate(sets):
+        for v in (seeds or {}).get(name, ()) if len((seeds or {}).get(name, ())) > 1 else ():
+            ax.plot([v], [yi], "o", color="black", markersize=3, zorder=3)
+    if finite(baseline):
+        ax.axvline(baseline, color="black", linewidth=1.5, linestyle=":")
+    for yi, (v, d) in enumerate(zip(vals, deltas)):
+        if not np.isfinite(v):
+            continue
+        text = f"{100 * v:.1f}%" if yi == 0 else (f"{100 * v:.1f}%  ({100 * d:+.1f} points)" if finite(d)
+                                                 else f"{100 * v:.1f}%")
+        ax.text(min(v + 0.015, 0.72), yi, text, va="center", fontsize=7)
+    ax.set_yticks(y, list(sets), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(label, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color="#7f7f7f", alpha=0.85, label="main task alone"),
+               Patch(color="#2ca02c", alpha=0.85, label="better with the auxiliary tasks"),
+               Patch(color="#d62728", alpha=0.85, label="worse")]
+    if finite(baseline):
+        handles.append(Line2D([], [], color="black", linestyle=":", label="majority baseline"))
+    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.tight_layout()
+    return png_uri(fig, tight=True)

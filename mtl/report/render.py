@@ -8,6 +8,7 @@ return its path. Sections whose files are missing are left out.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jinja2
+import numpy as np
+import pandas as pd
 
 from mtl import __version__
-from mtl.errors import DataError
+from mtl.errors import DataError, MtlError
 from mtl.io import atomic_write_text
 from mtl.report import figures, tables
 from mtl.report.examples import MAX_GALLERY, MAX_QUERIES, PER_GROUP, prediction_examples, retrieval_examples
@@ -131,8 +134,9 @@ def _model_items(model: Mapping[str, Any]) -> list[tuple[str, Any]]:
                 v = ", ".join(map(str, v))
             elif isinstance(v, int) and not isinstance(v, bool):
                 v = f"{v:,}"
-            items.append((label, "none" if v is None else v))
-    items += [(k, v) for k, v in model.items() if k not in dict(labels) and isinstance(v, (str, int, float))]
+            items.append((label, tables.plain_text(v) if not isinstance(v, (int, float)) or isinstance(v, bool) else v))
+    items += [(k, v) for k, v in model.items() if k not in dict(labels) and isinstance(v, (str, int, float))
+              and not isinstance(v, bool)]
     return items
 
 
@@ -157,24 +161,91 @@ def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return items
 
 
-def _evaluation_context(evaluation: Mapping[str, Any]) -> dict:
-    """What ``scripts/evaluate.py`` stored under ``metrics.json["evaluation"]``: where, which
-    images, the settings, and attribute metrics on those images."""
+def _evaluation_context(evaluation: Mapping[str, Any], training_tasks: Mapping[str, Any] | None = None) -> dict:
+    """What ``mtl-evaluate`` stored under ``metrics.json["evaluation"]``: where, which images, the
+    settings, and attribute metrics on those images (left out, with a note, when they are those of
+    the validation split shown above: ``mtl-evaluate --images val``)."""
     settings = evaluation.get("settings") if isinstance(evaluation.get("settings"), Mapping) else {}
-    items = [(label, evaluation.get(key)) for key, label in (("data", "data"), ("format", "format"),
-                                                             ("images", "images"), ("time_s", "seconds"))
+    items = [(label, tables.plain_text(evaluation.get(key))) for key, label in
+             (("data", "data"), ("format", "format"), ("images", "images"), ("time_s", "seconds"))
              if evaluation.get(key) is not None]
-    items += [(f"--{k.replace('_', '-')}", v) for k, v in settings.items() if v is not None]  # evaluate.py's flags
+    items += [(f"--{k.replace('_', '-')}", tables.plain_text(v))  # evaluate.py's flags
+              for k, v in settings.items() if v is not None]
     attributes = evaluation.get("attributes") if isinstance(evaluation.get("attributes"), Mapping) else {}
     attr_tasks = {k: v for k, v in (attributes.get("tasks") or {}).items() if isinstance(v, Mapping)}
     summary = attributes.get("summary") if isinstance(attributes.get("summary"), Mapping) else {}
-    return {"items": items, "num_images": attributes.get("num_images"),
+    if attr_tasks and same_task_metrics(attr_tasks, training_tasks or {}):
+        return {"items": items, "num_images": attributes.get("num_images"), "headline": [], "overview": None,
+                "binary": tables.Table(headers=[]), "same_as_validation": True}
+    return {"items": items, "num_images": attributes.get("num_images"), "same_as_validation": False,
             "headline": [(label, summary.get(key)) for key, label in
                          (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
                           ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
                          if figures.finite(summary.get(key))],
             "overview": tables.overview_table(attr_tasks) if attr_tasks else None,
             "binary": tables.binary_table(attr_tasks)}
+
+
+def same_task_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ``{task: evaluate_task result}`` dicts hold the same numbers for the same tasks
+    (an evaluation of the validation images repeats training's validation metrics)."""
+    keys = ("support", "accuracy", "macro_f1", "majority_accuracy")
+    if not a or set(a) - set(b):
+        return False
+    for name, r in a.items():
+        other = b.get(name)
+        if not isinstance(other, Mapping):
+            return False
+        for k in keys:
+            x, y = r.get(k), other.get(k)
+            if (x is None) != (y is None) or (x is not None and not math.isclose(float(x), float(y), abs_tol=1e-9)):
+                return False
+    return True
+
+
+def same_ranking(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two re-id results rank the same queries against the same gallery with the same
+    outcome (``mtl-evaluate --images val`` repeats the end-of-training evaluation)."""
+    if not isinstance(a, Mapping) or not isinstance(b, Mapping):
+        return False
+    for k in ("num_query", "num_gallery", "distance"):
+        if a.get(k) != b.get(k):
+            return False
+    pa, pb = tables.reid_ranking(a, "plain"), tables.reid_ranking(b, "plain")
+    values = [(pa.get(k), pb.get(k)) for k in tables.REID_KEYS]
+    return bool(pa) and all(figures.finite(x) and figures.finite(y) and math.isclose(x, y, abs_tol=1e-9)
+                            for x, y in values)
+
+
+def _curve_groups(history: Sequence[Mapping], specs: Sequence[Mapping], monitor: str | None) -> list[tuple]:
+    """The panels of the training curves: ``[(group, [(metric, key, with_validation)])]``.
+
+    * "all tasks": the monitored loss (``monitor`` without ``val_``; with an identity task
+      ``joint_loss``), then ``masked_loss`` where it is another series; Keras' ``loss`` only when
+      neither was logged;
+    * per task: its cross-entropy and accuracy (``loss`` only without ``xent``); the identity task
+      also gets ``embedding_loss`` (the triplet loss), and no validation series where it is 0 at every
+      epoch (validation people are not training classes: 0 by construction, not a result).
+    """
+    names = [t["name"] for t in specs]
+    groups = figures.split_history(history, names)
+    overall: list[str] = []
+    watched = monitor[4:] if isinstance(monitor, str) and monitor.startswith("val_") else monitor
+    for key in (watched, "masked_loss", "loss"):
+        if key == "loss" and overall:
+            continue  # Keras' weighted batch average: only where no exact loss was logged
+        if key and key in groups[""] and key not in overall \
+                and not any(figures.same_series(history, key, k) for k in overall):
+            overall.append(key)
+    out = [("all tasks", [(k + (" (monitored)" if k == watched else ""), k, True) for k in overall])]
+    for t in specs:
+        of_task = groups.get(t["name"], {})
+        panels = [(m, of_task[m]) for m in figures.metrics_to_plot(of_task)]
+        if t["kind"] == "identity" and "embedding_loss" in groups[""]:
+            panels.append(("triplet (embedding_loss)", "embedding_loss"))
+        out.append((t["name"], [(m, k, not (t["kind"] == "identity" and figures.meaningless_validation(history, k)))
+                                for m, k in panels]))
+    return out
 
 
 def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
@@ -201,7 +272,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
 
     # the run
     data = rf.data or {}
-    ctx["data_items"] = [(k, v) for k, v in (("format", data.get("format")), ("folder", data.get("root")),
+    ctx["data_items"] = [(k, tables.plain_text(v)) for k, v in (("format", data.get("format")), ("folder", data.get("root")),
                                               ("embedded synthetic default", data.get("embedded_default")))
                          if v is not None]
     ctx["splits"] = tables.split_table(data, rf.split)
@@ -228,7 +299,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), Mapping) else None
     eval_reid = evaluation.get("reid") if evaluation and isinstance(evaluation.get("reid"), Mapping) else None
     evaluation_label = f"evaluation: {evaluation.get('images', 'scripts/evaluate.py')}" if evaluation else ""
-    ctx["evaluation"] = _evaluation_context(evaluation) if evaluation else None
+    ctx["evaluation"] = _evaluation_context(evaluation, task_metrics) if evaluation else None
     # the headline re-id numbers: the latest evaluation when there is one
     plain = tables.reid_ranking(eval_reid or reid, "plain")
     where = " (evaluation)" if eval_reid else ""
@@ -244,25 +315,18 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
         ctx["overview_table"] = ctx["overview_figure"] = None
         ctx["verdicts"] = []
 
-    # training curves: one panel per metric, grouped by task
+    # training curves: one panel per metric, in task order (one grid: no empty cells between groups)
     ctx["curves"] = []
+    ctx["monitor"] = training.get("monitor") if isinstance(training.get("monitor"), str) else None
+    ctx["train_only"] = []
     if rf.history:
-        groups = figures.split_history(rf.history, [t["name"] for t in specs])
-        overall = [k for k in ("masked_loss", "loss") if k in groups[""]]
-        if len(overall) == 2 and figures.same_series(rf.history, "masked_loss", "loss"):
-            overall = ["masked_loss"]
-        groups_to_plot = [("all tasks", [(k, groups[""][k]) for k in overall])]
-        for t in specs:
-            of_task = groups.get(t["name"], {})
-            groups_to_plot.append((t["name"], [(m, of_task[m]) for m in figures.metrics_to_plot(of_task)]))
-        for group, metric_keys in groups_to_plot:
-            panels = []
-            for metric, key in metric_keys:
-                uri = figures.curve_panel(rf.history, key, f"{group} · {metric}", kept)
+        for group, panels in _curve_groups(rf.history, specs, ctx["monitor"]):
+            for metric, key, with_val in panels:
+                uri = figures.curve_panel(rf.history, key, f"{group} · {metric}", kept, validation=with_val)
                 if uri:
-                    panels.append({"title": f"{group} · {metric}", "uri": uri})
-            if panels:
-                ctx["curves"].append({"title": group, "panels": panels})
+                    ctx["curves"].append({"title": f"{group} · {metric}", "uri": uri, "key": key})
+                if uri and not with_val:
+                    ctx["train_only"].append(f"{group} · {metric}")
     ctx["kept_epoch"] = kept
     ctx["epochs"] = len(rf.history or [])
 
@@ -293,15 +357,20 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
             if counts.sum():
                 section["confusion"] = figures.confusion_figure(counts, t["classes"], f"{t['name']}: confusion matrix")
         if preds is not None:
-            section["examples"] = prediction_examples(preds, t["name"], t["classes"], thumbs.uri, per_group)
+            section["examples"] = prediction_examples(preds, t["name"], t["classes"], thumbs.uri, per_group,
+                                                      full=thumbs.full_uri)
         if section["metrics"] or section["confusion"] or section["examples"]:
             ctx["task_sections"].append(section)
 
-    # re-identification
-    # re-identification: at the end of training (validation people) and / or from evaluate.py
-    sources = [(label, short, r) for label, short, r in
-               (("validation people, at the end of training", "validation", reid),
-                (evaluation_label, "evaluation", eval_reid)) if r]
+    # re-identification: at the end of training (validation people) and / or from mtl-evaluate;
+    # the same images ranked the same way (mtl-evaluate --images val) are shown once
+    if same_ranking(reid, eval_reid):
+        sources = [("validation people: at the end of training and by mtl-evaluate (the same images)",
+                    "validation", eval_reid)]
+    else:
+        sources = [(label, short, r) for label, short, r in
+                   (("validation people, at the end of training", "validation", reid),
+                    (evaluation_label, "evaluation", eval_reid)) if r]
     ctx["reid"] = None
     if sources or rf.reid_examples:
         curves = {}
@@ -313,7 +382,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
             "sources": [{"label": label, "table": tables.reid_table(r) if tables.reid_variants(r) else None,
                          "extras": tables.reid_extras(r)} for label, _, r in sources],
             "cmc": figures.cmc_figure(curves),
-            "examples": retrieval_examples(rf.reid_examples or [], thumbs.uri, max_queries),
+            "examples": retrieval_examples(rf.reid_examples or [], thumbs.uri, max_queries, full=thumbs.full_uri),
             "total_examples": len(rf.reid_examples or []),
         }
     ctx["missing_images"] = thumbs.missing
@@ -347,7 +416,11 @@ def _tuning_context(rf: RunFiles) -> dict:
     if name:
         summary.insert(0, ("objective", f"{name} ({direction})" if direction else name))
     if best:
-        summary += [(f"best {k.replace('_', ' ')}", v) for k, v in best.items() if not isinstance(v, (Mapping, list))]
+        # one trial numbering: "trial" (1, 2, ...) as the console and trials.csv number them; keras-tuner's
+        # own trial_id (0-based) only where a search has no "trial" (older tuning.json)
+        hidden = {"trial_id"} if "trial" in best else set()
+        summary += [(f"best {k.replace('_', ' ')}", v) for k, v in best.items()
+                    if not isinstance(v, (Mapping, list)) and k not in hidden]
     hps = best.get("hyperparameters") if isinstance(best.get("hyperparameters"), Mapping) else {}
     ctx: dict[str, Any] = {"info": tables.key_value_table(summary) if summary else None,
                            "best_hps": tables.key_value_table(hps) if hps else None,
@@ -356,8 +429,10 @@ def _tuning_context(rf: RunFiles) -> dict:
     if rf.trials is not None:
         if column:
             ctx["trials_figure"] = figures.trials_figure(rf.trials, column, direction, label=name)
-        ordered = tables.sort_trials(rf.trials, column, direction)
-        caption = f"sorted by {name}, best first" if column and ordered is not rf.trials else ""
+        trials = rf.trials.drop(columns=["trial_id"]) if {"trial", "trial_id"} <= set(rf.trials.columns) \
+            else rf.trials
+        ordered = tables.sort_trials(trials, column, direction)
+        caption = f"sorted by {name}, best first" if column and ordered is not trials else ""
         ctx["trials"] = tables.frame_table(ordered, caption=caption, max_rows=MAX_TABLE_ROWS)
         if column and ctx["trials"].rows:
             for cell in ctx["trials"].rows[0]:  # the best trial
@@ -369,12 +444,110 @@ def _tuning_context(rf: RunFiles) -> dict:
     return ctx
 
 
-def _study_context(rf: RunFiles) -> dict:
-    return {"info": tables.key_value_table(rf.study_info) if rf.study_info else None,
-            "table": tables.frame_table(rf.study, max_rows=MAX_TABLE_ROWS) if rf.study is not None else None}
+STUDY_FORMATS = {"main_accuracy": tables.PERCENT, "main_macro_f1": tables.PERCENT, "majority_accuracy": tables.PERCENT,
+                 "delta_accuracy": tables.DELTA, "delta_macro_f1": tables.DELTA, "seeds": tables.INTEGER}
+STUDY_HEADERS = {"set": "task set", "tasks": "tasks", "seeds": "seeds", "main_val_loss": "main task val. loss",
+                 "main_best_val_loss": "lowest main val. loss", "main_accuracy": "main task accuracy",
+                 "main_macro_f1": "main task macro F1", "delta_val_loss": "Δ val. loss",
+                 "delta_best_val_loss": "Δ lowest val. loss", "delta_accuracy": "Δ accuracy (points)",
+                 "delta_macro_f1": "Δ macro F1 (points)"}
 
 
-def _sub_runs_table(path: Path) -> tables.Table | None:
+def _study_context(rf: RunFiles, links: Mapping[str, str]) -> dict:
+    """A task-set study: its settings, a chart of the main task's accuracy per set with the
+    differences to the main task alone, and one table row per set linking each run's report.
+
+    Args:
+        rf: the study folder's files (``study.csv``, ``study.json``).
+        links: run folder (``<set>/seed<k>``, relative to the study) -> relative URL of its report.
+    """
+    info = rf.study_info or {}
+    main = info.get("main")
+    aux = info.get("aux")
+    items = [(label, value) for label, value in (
+        ("main task", main),
+        ("auxiliary tasks", ", ".join("+".join(map(str, g)) if isinstance(g, (list, tuple)) else str(g) for g in aux)
+         if isinstance(aux, list) else aux),
+        ("seeds", info.get("seeds")), ("split stratified on", info.get("stratify")),
+        ("data", " at ".join(str(v) for v in ((info.get("data") or {}).get("format"), (info.get("data") or {}).get("root"))
+                             if v) if isinstance(info.get("data"), Mapping) else info.get("data")))
+        if value not in (None, "", [])]
+    known = {"main", "aux", "seeds", "stratify", "data", "command", "recipe", "sets", "runs"}
+    items += [(k, v) for k, v in info.items() if k not in known and not isinstance(v, (Mapping, list))]
+    runs = [r for r in info.get("runs") or [] if isinstance(r, Mapping)]
+    ctx: dict[str, Any] = {"info": tables.key_value_table(items) if items else None,
+                           "command": python_command(info["command"]) if isinstance(info.get("command"), str) else None,
+                           "table": None, "figure": None}
+    study = rf.study
+    if study is None or "set" not in study:
+        return ctx
+    seeds_of: dict[str, list[tuple[str, str]]] = {}
+    for r in runs:
+        rel = _relative_run(rf.path, r.get("run_dir"))
+        if rel in links:
+            seeds_of.setdefault(str(r.get("set")), []).append((f"seed {r.get('seed')}", links[rel]))
+    for rel, href in links.items():  # a study.json without its runs: folders <set>/seed<k>
+        name = rel.split("/")[0]
+        if not any(h == href for _, h in seeds_of.get(name, [])) and not runs:
+            seeds_of.setdefault(name, []).append((rel.split("/", 1)[-1], href))
+    shown = study[[c for c in study.columns if c in STUDY_HEADERS]]
+    formats = {c: STUDY_FORMATS.get(c, tables.NUMBER if c not in ("set", "tasks") else tables.TEXT) for c in shown}
+    table = tables.frame_table(shown, formats, max_rows=MAX_TABLE_ROWS)
+    table.headers = [STUDY_HEADERS[c] for c in shown.columns] + ["run reports"]
+    table.numeric.append(False)
+    for row, name in zip(table.rows, study["set"].astype(str)):
+        for c, cell in zip(shown.columns, row):
+            if c.startswith("delta_") and c.endswith("loss") and figures.finite(cell.sort) and abs(cell.sort) >= 1e-4:
+                cell.text = f"{cell.sort:+.4f}"
+                cell.css = "good" if cell.sort < 0 else "bad"  # a lower loss is better
+        row.append(tables.Cell("", None, links=seeds_of.get(name, [])))
+    ctx["table"] = table
+    if "main_accuracy" in study:
+        values = pd.to_numeric(study["main_accuracy"], errors="coerce").tolist()
+        deltas = pd.to_numeric(study["delta_accuracy"], errors="coerce").tolist() if "delta_accuracy" in study \
+            else [v - values[0] for v in values]
+        baselines = [r.get("majority_accuracy") for r in runs if figures.finite(r.get("majority_accuracy"))]
+        seeds = {}
+        for r in runs:
+            if figures.finite(r.get("main_accuracy")):
+                seeds.setdefault(str(r.get("set")), []).append(float(r["main_accuracy"]))
+        ctx["figure"] = figures.study_figure(list(study["set"].astype(str)), values, deltas,
+                                             f"{main or 'main task'}: validation accuracy",
+                                             baseline=float(np.mean(baselines)) if baselines else None, seeds=seeds)
+    return ctx
+
+
+def _relative_run(folder: Path, run_dir) -> str | None:
+    """``run_dir`` relative to ``folder`` as a POSIX path (``gender/seed0``), or None."""
+    if not isinstance(run_dir, str):
+        return None
+    try:
+        return Path(run_dir).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _sub_reports(path: Path, target: Path, quiet: bool, per_group: int, max_queries: int) -> dict[str, str]:
+    """Render the report of every run under a study or tuning folder next to its report
+    (``<report folder>/<run path>/index.html``), so that the folder's page links to them.
+
+    Returns:
+        run path relative to ``path`` (POSIX) -> relative URL of its report.
+    """
+    links = {}
+    for run in sub_runs(path):
+        rel = run.relative_to(path).as_posix()
+        out = target.parent / rel / "index.html"
+        try:
+            render_report(run, out, quiet=quiet, per_group=per_group, max_queries=max_queries, sub_reports=False)
+        except MtlError as exc:  # one unreadable run costs its link, not the folder's report
+            _progress(f"report: no report for {run}: {exc}", quiet)
+            continue
+        links[rel] = f"{rel}/index.html"
+    return links
+
+
+def _sub_runs_table(path: Path, links: Mapping[str, str] | None = None) -> tables.Table | None:
     runs = sub_runs(path)
     if not runs:
         return None
@@ -387,7 +560,9 @@ def _sub_runs_table(path: Path) -> tables.Table | None:
         tr = m.get("training") if isinstance(m.get("training"), Mapping) else {}
         tasks = ", ".join((m.get("tasks") or {}).keys())
         label = str(run.relative_to(path))
-        table.rows.append([tables.Cell(label, label), tables.Cell(tasks, tasks),
+        href = (links or {}).get(run.relative_to(path).as_posix())
+        table.rows.append([tables.Cell(label, label, links=[("open", href)] if href else []),
+                           tables.Cell(tasks, tasks),
                            tables.format_value(s.get("mean_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mean_majority_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mA"), tables.PERCENT),
@@ -412,7 +587,7 @@ def _write(template: str, context: dict, out: Path) -> Path:
 
 
 def render_report(path: str | Path, out: str | Path | None = None, quiet: bool = True,
-                  per_group: int = PER_GROUP, max_queries: int = MAX_QUERIES) -> Path:
+                  per_group: int = PER_GROUP, max_queries: int = MAX_QUERIES, sub_reports: bool = True) -> Path:
     """Render the report of a run, tuning or study directory.
 
     Args:
@@ -422,6 +597,8 @@ def render_report(path: str | Path, out: str | Path | None = None, quiet: bool =
         quiet: no progress messages on stderr.
         per_group: example thumbnails per group (4 groups per task).
         max_queries: retrieval examples shown.
+        sub_reports: for a study or tuning folder, also render the report of each run in it
+            (``<report folder>/<run path>/index.html``) and link it from the folder's page.
 
     Returns:
         The path of the written HTML file.
@@ -438,8 +615,12 @@ def render_report(path: str | Path, out: str | Path | None = None, quiet: bool =
     has_run_files = rf.metrics is not None or rf.history is not None
     context["run"] = run_context(rf, quiet, per_group, max_queries) if rf.kind == RUN or has_run_files else None
     context["tuning"] = _tuning_context(rf) if rf.kind == TUNING or rf.trials is not None else None
-    context["study"] = _study_context(rf) if rf.kind == STUDY else None
-    context["sub_runs"] = _sub_runs_table(rf.path) if rf.kind in (TUNING, STUDY) else None
+    links = _sub_reports(rf.path, target, quiet, per_group, max_queries) \
+        if sub_reports and rf.kind in (TUNING, STUDY) else {}
+    context["study"] = _study_context(rf, links) if rf.kind == STUDY else None
+    # a study's table links its runs' reports: the generic list of runs would repeat it
+    context["sub_runs"] = _sub_runs_table(rf.path, links) \
+        if rf.kind == TUNING or (rf.kind == STUDY and context["study"]["table"] is None) else None
     title = {RUN: "Run", TUNING: "Tuning", STUDY: "Study"}[rf.kind]
     context["title"] = f"{title} report: {rf.name}"
     _write("report.html.j2", context, target)

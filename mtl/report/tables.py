@@ -36,6 +36,7 @@ class Cell:
     text: str
     sort: Any = None  # number or string the table sorts by; None sorts last
     css: str = ""  # "good" / "bad" / "muted" tints the cell
+    links: list = field(default_factory=list)  # (text, relative href) shown after the text
 
 
 @dataclass
@@ -113,8 +114,25 @@ def frame_table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, capt
     return table
 
 
+def plain_text(value) -> str:
+    """A value as a reader would write it, never as Python prints it: lists joined by commas,
+    mappings as ``key: value`` pairs, ``None`` as "none", booleans as "yes" / "no"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {plain_text(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(plain_text(v) for v in value)
+    return str(value)
+
+
 def key_value_table(items: Mapping[str, Any] | Iterable[tuple[str, Any]], caption: str = "") -> Table:
-    """Two-column table of scalar values; nested values are shown compactly as text."""
+    """Two-column table of values; lists and mappings are written out as text (``plain_text``),
+    long ones cut."""
     pairs = items.items() if isinstance(items, Mapping) else items
     table = Table(headers=["", "value"], numeric=[False, False], caption=caption, kv=True)
     for key, value in pairs:
@@ -122,11 +140,9 @@ def key_value_table(items: Mapping[str, Any] | Iterable[tuple[str, Any]], captio
             cell = format_value(value, NUMBER)
         elif isinstance(value, int) and not isinstance(value, bool):
             cell = format_value(value, INTEGER)
-        elif isinstance(value, (list, tuple, dict)):
-            text = str(value)
-            cell = Cell(text if len(text) <= 120 else text[:117] + "...")
         else:
-            cell = format_value(value, TEXT)
+            text = plain_text(value)
+            cell = Cell(text if len(text) <= 300 else text[:297] + "...", text)
         table.rows.append([Cell(str(key), str(key)), cell])
     return table
 
@@ -271,7 +287,7 @@ def reid_extras(reid: Mapping[str, Any]) -> Table:
         if k in skip or isinstance(v, Mapping) or v is None:
             continue
         if isinstance(v, list):
-            v = "; ".join(map(str, v))
+            v = "; ".join(map(plain_text, v))
         if isinstance(v, (int, float, str)) and len(str(v)) < 400:
             items.append((k.replace("_", " "), v))
     return key_value_table(items)
@@ -311,7 +327,7 @@ def config_diff(configs: Sequence[Mapping[str, Any] | None], names: Sequence[str
     for key in keys:
         values = [f.get(key, "(absent)") for f in flats]
         if len({repr(v) for v in values}) > 1:
-            table.rows.append([Cell(key, key)] + [Cell(str(v), str(v)) for v in values])
+            table.rows.append([Cell(key, key)] + [Cell(plain_text(v), plain_text(v)) for v in values])
     return table
 
 

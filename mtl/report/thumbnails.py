@@ -16,6 +16,10 @@ from PIL import Image
 THUMB_HEIGHT = 64
 THUMB_MAX_WIDTH = 96  # wide product photos are bounded too
 JPEG_QUALITY = 80
+# the enlarged image a click on a thumbnail shows: full size up to this box (a pedestrian crop
+# stays at its own 128 x 64; a product photo is bounded so that the page stays small)
+FULL_MAX_HEIGHT = 512
+FULL_MAX_WIDTH = 512
 
 
 def resolve_path(path: str, roots: Iterable[Path]) -> Path | None:
@@ -63,22 +67,31 @@ class Thumbnailer:
     def __init__(self, roots: Iterable[Path] = (), height: int = THUMB_HEIGHT):
         self.roots = [Path(r) for r in roots]
         self.height = height
-        self._cache: dict[str, str | None] = {}
+        self._cache: dict[tuple[str, bool], str | None] = {}
         self.missing = 0
 
     def uri(self, path) -> str | None:
         """Data URI of the thumbnail of ``path``, or ``None`` when the image is missing or unreadable."""
-        key = str(path)
+        return self._uri(path, full=False)
+
+    def full_uri(self, path) -> str | None:
+        """Data URI of ``path`` at full size (bounded by ``FULL_MAX_HEIGHT`` x ``FULL_MAX_WIDTH``),
+        what a click on its thumbnail shows; ``None`` when the image is missing or unreadable."""
+        return self._uri(path, full=True)
+
+    def _uri(self, path, full: bool) -> str | None:
+        key = (str(path), full)
         if key not in self._cache:
-            found = resolve_path(key, self.roots) if key and key != "nan" else None
+            found = resolve_path(key[0], self.roots) if key[0] and key[0] != "nan" else None
             uri = None
             if found is not None:
+                size = (FULL_MAX_HEIGHT, FULL_MAX_WIDTH) if full else (self.height, THUMB_MAX_WIDTH)
                 try:
                     uri = "data:image/jpeg;base64," + base64.b64encode(
-                        thumbnail_bytes(found, self.height)).decode("ascii")
+                        thumbnail_bytes(found, *size)).decode("ascii")
                 except (OSError, ValueError, Image.DecompressionBombError):
                     uri = None
-            if uri is None:
+            if uri is None and not full:  # counted once, for the thumbnail
                 self.missing += 1
             self._cache[key] = uri
         return self._cache[key]

@@ -27,7 +27,7 @@ from mtl.io import folder_lock
 from mtl.rundir import BEST_CONFIG, SEARCH_JSON, TRIALS, TUNING_JSON, RunDir, config_diff
 from mtl.tuning.hypermodel import MtlHyperModel, trial_patience
 from mtl.tuning.objective import Objective, resolve_objective
-from mtl.tuning.results import write_results
+from mtl.tuning.results import trial_line, write_results
 from mtl.tuning.space import config_for, declared_space, search_space
 from mtl.tuning.tuners import PROJECT, make_tuner
 
@@ -203,7 +203,13 @@ def _run_chief_or_single(cfg, out, data, objective, settings, hypermodel, role, 
           f"{objective.name} ({objective.direction}), at most {cfg.tune.max_trials} trials", flush=True)
     tuner = make_tuner(cfg.tune.tuner, hypermodel, objective, out, cfg.tune.max_trials, cfg.train.epochs,
                        seed=cfg.train.seed, overwrite=(mode == "new"))
-    tuner.after_trial = lambda t: write_results(out, t, hypermodel, objective, command)
+
+    def after_trial(t):  # trials.csv kept current; one console line, numbered as trials.csv numbers it
+        summary = write_results(out, t, hypermodel, objective, command)
+        if t.memory_mb:
+            print(trial_line(t.oracle, t.memory_mb[-1]["trial_id"], objective, summary), flush=True)
+
+    tuner.after_trial = after_trial
     if role == "chief":
         print(f"chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:"
               f"{os.environ['KERASTUNER_ORACLE_PORT']}; start the workers", flush=True)
