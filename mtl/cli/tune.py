@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     if show_info(args, cfg):
         return 0
     require(p, args, "out")
+    from mtl.rundir import BEST_CONFIG, TRIALS
     from mtl.tuning import run_search
 
     command = command_line("tune", argv)
@@ -81,13 +82,13 @@ def main(argv=None) -> int:
         print(f"worker done: ran {summary['trials_run']} trial(s)")
         return 0
     best = summary["best"]
-    print(f"{summary['completed']} of {summary['trials']} trial(s) completed; best trial {best['trial_id']}: "
+    print(f"{summary['completed']} of {summary['trials']} trial(s) completed; best trial {best['trial']}: "
           f"{summary['objective']['name']} = {best['value']:.4f}")
     for name, value in best["hyperparameters"].items():
         print(f"  {name} = {value}")
     out = Path(args.out)
-    print(f"trials table: {out / 'trials.csv'}\nbest config:  {out / 'best_config.yaml'}  "
-          f"(mtl-train --config {out / 'best_config.yaml'})")
+    print(f"trials table: {out / TRIALS}\nbest config:  {out / BEST_CONFIG}  "
+          f"(mtl-train --config {out / BEST_CONFIG})")
     return 0
 
 
