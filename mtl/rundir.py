@@ -19,12 +19,17 @@ Every command that writes or reads a run goes through this module: training (``m
 ``history.json``            per-epoch logs (``epoch`` 1-based, ``time_s``, losses and metrics)
 ``checkpoints/``            ``best.weights.h5`` (lowest monitored loss) and ``backup/`` (resume)
 ``metrics.json``            validation metrics per task, ``training`` summary, ``reid``; later
-                            ``evaluation`` (``scripts/evaluate.py``)
+                            ``evaluation`` (``mtl-evaluate``)
 ``val_predictions.csv``     per validation image: true / predicted class and confidence per task
-``reid_examples.json``      ranked retrieval examples (``scripts/evaluate.py``)
+``reid_examples.json``      ranked retrieval examples (``mtl-evaluate``)
 ``tensorboard/``            TensorBoard event files (``train.tensorboard``): ``tensorboard --logdir runs``
 ``export/<format>/``        ``mtl-export``: the artifact (``EXPORT_FILES``) and its ``model.json``
                             (with the ``serving`` section: input contract, named outputs)
+``predictions/``            ``mtl-predict --images``: ``predictions.csv`` (a row per image: class
+                            and probability per task), ``embeddings.npy`` (row i = csv row i),
+                            ``skipped_images.csv`` (owner: ``mtl.predictions``)
+``index/``                  ``mtl-search``: the gallery's predictions and embeddings, and its
+                            index (``index.json`` + ``index.npy`` / ``index.faiss``, ``mtl.reid.index``)
 ==========================  =================================================================
 
 Writes are atomic (``mtl.io``): an interruption never leaves a half-written file. The readers at

@@ -8,9 +8,13 @@ after the arguments are parsed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
 import os
+import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -160,9 +164,151 @@ def command_line(command: str, argv: Sequence[str] | None) -> str:
     return shlex.join([f"mtl-{command}", *argv])
 
 
-def run_main(main: Callable[[], int]) -> None:
-    """Run a command's main; user errors print one clear line (no traceback) and exit 2."""
+# ---------------------------------------------------------------------------------------------
+# TensorFlow's start-up noise
+# ---------------------------------------------------------------------------------------------
+
+# Lines TensorFlow's C++ side writes to the process's stderr while it is imported, which say nothing
+# a user can act on. On some CPUs (AMD EPYC) they come even with TF_CPP_MIN_LOG_LEVEL=3: the
+# environment variable alone is not enough, so the import runs with file descriptor 2 captured.
+TF_NOISE = tuple(re.compile(p) for p in (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) (is called )?are written to STDERR",
+    r"^I\d{4} [\d:.]+\s+\d+ \S+:\d+\]",  # glog-style INFO lines (never a warning)
+    r"cpu_feature_guard\.cc:\d+\]",
+    r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags",
+    r"oneDNN custom operations are on",
+    r"Unable to register cu(DNN|FFT|BLAS) factory",
+    r"computation placer already registered",
+    r"TF-TRT Warning: Could not find TensorRT",
+    r"Could not find cuda drivers on your machine",
+))
+
+
+def is_tf_noise(line: str) -> bool:
+    """Whether ``line`` (written to stderr while TensorFlow is imported) is known start-up noise."""
+    return any(p.search(line) for p in TF_NOISE)
+
+
+@contextlib.contextmanager
+def stderr_captured():
+    """Capture what the process writes to file descriptor 2 (C++ libraries as well as Python).
+
+    Yields:
+        A list that holds the captured text (one string) once the block ends; descriptor 2 is
+        restored whatever happens in the block.
+    """
+    captured: list[str] = []
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:  # a file, not a pipe: a pipe that fills up would block the writer
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode(errors="replace"))
+
+
+def _emit_without_noise(text: str) -> None:
+    """Write the captured lines back to stderr, except TensorFlow's known start-up noise."""
+    kept = [line for line in text.splitlines() if line.strip() and not is_tf_noise(line)]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+        sys.stderr.flush()
+
+
+def quiet_tensorflow_logging() -> None:
+    """Ask TensorFlow's C++ side (set before its import) and absl's Python logging for warnings and up only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "absl.logging" in sys.modules or "tensorflow" in sys.modules:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow (once) without its start-up noise on stderr, and return the module.
+
+    The import runs with descriptor 2 captured; what was written is shown again afterwards, less
+    the lines of ``TF_NOISE`` (real warnings stay, readable). Commands get this through
+    :func:`run_main`, which makes the first ``import tensorflow`` (or ``import keras``) of the
+    process, wherever it happens, go through here: ``--help`` stays free of TensorFlow.
+    """
+    if "tensorflow" in sys.modules:
+        quiet_tensorflow_logging()
+        return sys.modules["tensorflow"]
+    quiet_tensorflow_logging()
+    try:
+        with stderr_captured() as captured:
+            import tensorflow
+    finally:
+        _emit_without_noise("".join(captured))
+    quiet_tensorflow_logging()
+    return tensorflow
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` through the other finders and has its ``__init__`` run with stderr
+    captured (:func:`import_tensorflow_quietly`); leaves ``sys.meta_path`` then."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None  # not installed: the usual ModuleNotFoundError follows
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """TensorFlow's own loader, run with descriptor 2 captured and its noise left out."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow keeps its own loader
+        # the hook leaves here, not in find_spec: importlib.util.find_spec("tensorflow") (Keras calls
+        # it) finds TensorFlow without importing it
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
+        quiet_tensorflow_logging()
+        try:
+            with stderr_captured() as captured:
+                self.loader.exec_module(module)
+        finally:
+            _emit_without_noise("".join(captured))
+        quiet_tensorflow_logging()
+
+
+def quiet_tensorflow_import() -> None:
+    """Make the process's first import of TensorFlow go through :func:`import_tensorflow_quietly`
+    (nothing is imported now; TensorFlow already imported: only its logging is turned down)."""
+    if "tensorflow" in sys.modules:
+        quiet_tensorflow_logging()
+    elif not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a command's main; user errors print one clear line (no traceback) and exit 2.
+
+    TensorFlow, when the command imports it (after parsing its arguments), is imported without its
+    start-up noise (:func:`quiet_tensorflow_import`).
+    """
+    quiet_tensorflow_import()
     try:
         sys.exit(main())
     except MtlError as exc:
@@ -171,3 +317,7 @@ def run_main(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `mtl-train --show-config | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+        sys.exit(0)

@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", nargs="?", const="", default=None, metavar="OUT",
                    help="at the end, render the HTML report of the run (default reports/<run name>/index.html, "
                         "or OUT: an .html file or a folder); same as running mtl-report on the run")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Keras's line of every metric each epoch (default: one compact line per epoch)")
     return p
 
 
@@ -59,21 +61,11 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.tasks.replace(',', '-')}")
     from mtl.experiment import train
 
-    metrics = train(cfg, out, command=command_line("train", argv), overwrite=args.overwrite)
-    summary = metrics["summary"]
-    for name, r in metrics["tasks"].items():
-        print(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
-              f"(majority {r['majority_accuracy']:.3f})")
-    if summary["mean_accuracy"] is not None:
-        ma = f"  mA {summary['mA']:.3f}" if summary["mA"] is not None else ""
-        print(f"mean accuracy {summary['mean_accuracy']:.3f}{ma}")
-    reid = metrics.get("reid", {})
-    if "plain" in reid:
-        reranked = f", re-ranked mAP {reid['reranked']['mAP']:.3f}" if "reranked" in reid else ""
-        print(f"re-identification on the validation people: mAP {reid['plain']['mAP']:.3f}  "
-              f"rank-1 {reid['plain']['rank1']:.3f}{reranked}  (random ranking: mAP {reid['chance']['mAP']:.3f})")
+    # prints the data, tasks, model, one line per epoch, the epoch kept and the validation results
+    train(cfg, out, command=command_line("train", argv), overwrite=args.overwrite, verbose=args.verbose)
+    curves = f"; curves: tensorboard --logdir {out}" if cfg.train.tensorboard else ""
     if args.report is None:
-        print(f"run written to {out}  (report: mtl-report {out})")
+        print(f"run written to {out}  (report: mtl-report {out}{curves})")
     else:
         from mtl.report import render_report
 
