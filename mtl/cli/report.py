@@ -9,6 +9,7 @@ Examples:
     mtl-report runs/NAME --out /tmp/r.html
     mtl-report runs/A runs/B                  # -> reports/A-vs-B/index.html
     mtl-report tuning/NAME                    # trials table and best configuration
+    mtl-report bench/results.json             # the benchmarks of bench/run_all.py
 
 From a checkout without installing: python scripts/report.py (same arguments).
 """
@@ -48,9 +49,12 @@ def main(argv=None) -> int:
         if value is not None and value < 0:
             raise MtlError(f"{flag} must be 0 or more, got {value}")
     from mtl.report import render_comparison, render_report
+    from mtl.report.bench import is_results_file, render_bench
     from mtl.report.examples import MAX_QUERIES, PER_GROUP
 
-    if len(args.dirs) == 1:
+    if len(args.dirs) == 1 and is_results_file(args.dirs[0]):  # bench/results.json (bench/run_all.py)
+        out = render_bench(args.dirs[0], args.out, quiet=args.quiet)
+    elif len(args.dirs) == 1:
         out = render_report(args.dirs[0], args.out, quiet=args.quiet,
                             per_group=PER_GROUP if args.examples is None else args.examples,
                             max_queries=MAX_QUERIES if args.queries is None else args.queries)

@@ -97,8 +97,14 @@ def drop_unreadable(table: pd.DataFrame, workers: int | None = None) -> tuple[pd
 def decode_image(path: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """Read, decode (JPEG/PNG/BMP/GIF) and resize one image to float32 [0, 255]."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.cast(image, tf.float32)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(tf.cast(image, tf.float32), (height, width), antialias=True)
+    # an image already at the size (Market-1501 crops at 128x64) skips the resize: it is an exact
+    # identity there, and cost more than the decode itself (bench/bench_pipeline.py)
+    shape = tf.shape(image)
+    at_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+    image = tf.cond(at_size, lambda: image, lambda: tf.image.resize(image, (height, width), antialias=True))
+    image.set_shape([height, width, 3])
     return tf.clip_by_value(image, 0.0, 255.0)
 
 

@@ -56,7 +56,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         """Config of the trial -> the one builder -> compiled by the engine as training compiles."""
-        from mtl.engine import compile_model
+        from mtl.engine import compile_model, precision_policy
         from mtl.experiment import model_kwargs, seed_run, train_args
         from mtl.models.builder import build_model
 
@@ -64,9 +64,10 @@ class MtlHyperModel(keras_tuner.HyperModel):
         if self._declaring:
             return None
         seed_run(cfg)  # every trial starts from the same initial state
-        model = build_model(self.tasks, **model_kwargs(cfg))
-        compile_model(model, self.tasks, train_args(cfg, self.data), self.steps,
-                      trainable_trunk=not cfg.train.freeze_trunk_epochs)
+        with precision_policy(cfg.train.mixed_precision):  # layers take the policy when they are made
+            model = build_model(self.tasks, **model_kwargs(cfg))
+            compile_model(model, self.tasks, train_args(cfg, self.data), self.steps,
+                          trainable_trunk=not cfg.train.freeze_trunk_epochs)
         return model
 
     def datasets(self):
