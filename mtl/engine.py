@@ -303,6 +303,17 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
     return callbacks
 
 
+def _fit_result(tasks, stopper, recorder, start: float) -> FitResult:
+    """What a fit did: the epochs it trained and the epoch whose weights the model holds (the best
+    one when early stopping restored it, else the last)."""
+    restored = stopper is not None and stopper.best_weights is not None
+    last_epoch = recorder.rows[-1]["epoch"] + 1 if recorder.rows else None
+    best = stopper.best_epoch + 1 if stopper is not None and stopper.best is not None else None
+    return FitResult(epochs=recorder.rows, monitor=monitor_for(tasks),
+                     kept_epoch=stopper.best_epoch + 1 if restored else last_epoch,
+                     best_epoch=best, train_time_s=time.time() - start)
+
+
 def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: TrainArgs, steps_per_epoch: int,
         fixed_steps: bool = False, paths: RunPaths | None = None, callbacks: Sequence = (), strategy=None,
         verbose: int | None = None, initial_epoch: int = 0, log=None,
@@ -361,12 +372,7 @@ def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: T
                       callbacks=all_callbacks, verbose=verbose)
         if model.stop_training:
             break
-    restored = stopper is not None and stopper.best_weights is not None
-    last_epoch = recorder.rows[-1]["epoch"] + 1 if recorder.rows else None
-    best = stopper.best_epoch + 1 if stopper is not None and stopper.best is not None else None
-    return FitResult(epochs=recorder.rows, monitor=monitor_for(tasks),
-                     kept_epoch=stopper.best_epoch + 1 if restored else last_epoch,
-                     best_epoch=best, train_time_s=time.time() - start)
+    return _fit_result(tasks, stopper, recorder, start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,9 +577,4 @@ def _fit_custom(model, tasks, train_ds, val_ds, args: TrainArgs, steps_per_epoch
         hooks.on_train_end()
         if model.stop_training:
             break
-    restored = stopper is not None and stopper.best_weights is not None
-    last_epoch = recorder.rows[-1]["epoch"] + 1 if recorder.rows else None
-    best = stopper.best_epoch + 1 if stopper is not None and stopper.best is not None else None
-    return FitResult(epochs=recorder.rows, monitor=monitor_for(tasks),
-                     kept_epoch=stopper.best_epoch + 1 if restored else last_epoch,
-                     best_epoch=best, train_time_s=time.time() - start)
+    return _fit_result(tasks, stopper, recorder, start)
