@@ -32,7 +32,6 @@ every ``import mtl.reid`` or ``mtl.config`` would pay TensorFlow's import
 """
 
 import importlib as _importlib
-import importlib.abc as _importlib_abc
 import sys as _sys
 
 __version__ = "0.1.0"
@@ -107,54 +106,19 @@ def register_keras_objects() -> None:
         _importlib.import_module(module)
 
 
-class _RegisterAfterKerasImport(_importlib_abc.MetaPathFinder):
-    """Finds ``keras`` through the other finders and has ``register_keras_objects`` run right after
-    Keras's own ``__init__``; leaves ``sys.meta_path`` then."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
-            return None
-        for finder in _sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None  # Keras is not installed: the usual ModuleNotFoundError follows
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _LoadThenRegister(spec.loader)
-        return spec
-
-
-class _LoadThenRegister(_importlib_abc.Loader):
-    """Keras's own loader, then ``register_keras_objects``."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__spec__.loader = module.__loader__ = self.loader  # Keras keeps its own loader
-        self.loader.exec_module(module)
-        # the hook leaves here, not in find_spec: importlib.util.find_spec("keras") (TensorFlow's
-        # __init__ calls it) finds Keras without importing it
-        _remove_hook()
-        register_keras_objects()
-
-
-def _remove_hook() -> None:
-    _sys.meta_path[:] = [f for f in _sys.meta_path if not isinstance(f, _RegisterAfterKerasImport)]
+def _load_then_register(load) -> None:
+    load()  # Keras's own __init__
+    register_keras_objects()
 
 
 def _install() -> None:
+    from mtl.importhook import on_first_import
+
     keras = _sys.modules.get("keras")
     if keras is not None and not getattr(getattr(keras, "__spec__", None), "_initializing", False):
         register_keras_objects()
-    elif "keras" not in _sys.modules and not any(isinstance(f, _RegisterAfterKerasImport) for f in _sys.meta_path):
-        _sys.meta_path.insert(0, _RegisterAfterKerasImport())
+    elif "keras" not in _sys.modules:
+        on_first_import("keras", _load_then_register)
 
 
 _install()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.abc
+import importlib
 import os
 import re
 import shlex
@@ -237,60 +237,21 @@ def import_tensorflow_quietly():
     :func:`run_main`, which makes the first ``import tensorflow`` (or ``import keras``) of the
     process, wherever it happens, go through here: ``--help`` stays free of TensorFlow.
     """
-    if "tensorflow" in sys.modules:
-        quiet_tensorflow_logging()
-        return sys.modules["tensorflow"]
+    if "tensorflow" not in sys.modules:
+        _load_quietly(lambda: importlib.import_module("tensorflow"))
+    quiet_tensorflow_logging()
+    return sys.modules["tensorflow"]
+
+
+def _load_quietly(load) -> None:
+    """TensorFlow's own ``__init__``, run with descriptor 2 captured and its noise left out."""
     quiet_tensorflow_logging()
     try:
         with stderr_captured() as captured:
-            import tensorflow
+            load()
     finally:
         _emit_without_noise("".join(captured))
     quiet_tensorflow_logging()
-    return tensorflow
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` through the other finders and has its ``__init__`` run with stderr
-    captured (:func:`import_tensorflow_quietly`); leaves ``sys.meta_path`` then."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow":
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None  # not installed: the usual ModuleNotFoundError follows
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
-
-
-class _QuietLoader(importlib.abc.Loader):
-    """TensorFlow's own loader, run with descriptor 2 captured and its noise left out."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow keeps its own loader
-        # the hook leaves here, not in find_spec: importlib.util.find_spec("tensorflow") (Keras calls
-        # it) finds TensorFlow without importing it
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
-        quiet_tensorflow_logging()
-        try:
-            with stderr_captured() as captured:
-                self.loader.exec_module(module)
-        finally:
-            _emit_without_noise("".join(captured))
-        quiet_tensorflow_logging()
 
 
 def quiet_tensorflow_import() -> None:
@@ -298,8 +259,10 @@ def quiet_tensorflow_import() -> None:
     (nothing is imported now; TensorFlow already imported: only its logging is turned down)."""
     if "tensorflow" in sys.modules:
         quiet_tensorflow_logging()
-    elif not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    else:
+        from mtl.importhook import on_first_import
+
+        on_first_import("tensorflow", _load_quietly)
 
 
 def run_main(main: Callable[[], int]) -> None:
