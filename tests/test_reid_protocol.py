@@ -72,7 +72,7 @@ def test_products_are_evaluated_for_their_attributes_without_a_ranking(tmp_path)
     table = source.subset("train")
     split = _run_split(table, set(table["identity"][:8]))
     query, gallery, what = evaluation_images(source, split, source.root, "auto")
-    assert query.empty and len(gallery) == 8 and "no re-identification" in what
+    assert query.empty and len(gallery) == 8 and "re-identification not applicable (products" in what
     tasks = [source.tasks["articleType"]]
     model = build_model(tasks, input_shape=(32, 16, 3), width=0.25)
     result = evaluate_labelled(model, tasks, query, gallery, 32, 16, batch_size=4)
