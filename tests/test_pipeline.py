@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from mtl.data.pipeline import augment_image, drop_unreadable, make_dataset
+from mtl.data.pipeline import _color_jitter, augment_batch, augment_image, drop_unreadable, make_dataset
 from tests.fixtures_images import write_jpeg, write_tf_unreadable, write_truncated_jpeg
 
 
@@ -115,3 +115,55 @@ def test_training_dataset_shuffles_and_repeats(tmp_path):
                       augment={"flip": True}, repeat=True, seed=1)
     epochs = [sorted(b[1]["t"].numpy().tolist()) for b in ds.take(3)]
     assert all(e == [0, 1, 2, 3, 4] for e in epochs)
+
+
+def _asymmetric(n, height=24, width=12):
+    one = tf.random.stateless_uniform((height, width, 3), seed=[5, 6], maxval=255.0)
+    return one, tf.tile(one[None], [n, 1, 1, 1])
+
+
+def test_batch_augmentation_draws_flips_and_crops_per_image():
+    one, batch = _asymmetric(32)
+    seed = tf.constant([1, 2], tf.int64)
+    flipped = augment_batch(batch, 24, 12, flip=True, seed=seed).numpy()
+    is_flipped = [np.array_equal(x, one.numpy()[:, ::-1]) for x in flipped]
+    assert all(f or np.array_equal(x, one.numpy()) for f, x in zip(is_flipped, flipped))
+    assert 0 < sum(is_flipped) < 32  # each image its own coin
+    # every output is a crop of the reflect-padded image (tf.pad REFLECT), at offsets that differ per image
+    padded = tf.pad(one, [[4, 4], [4, 4], [0, 0]], mode="REFLECT").numpy()
+    crops = {(y, x): padded[y:y + 24, x:x + 12] for y in range(9) for x in range(9)}
+    offsets = [next(o for o, c in crops.items() if np.array_equal(c, x))
+               for x in augment_batch(batch, 24, 12, flip=False, pad_crop=4, seed=seed).numpy()]
+    assert len(set(offsets)) > 10
+
+
+def test_batch_erasing_writes_one_rectangle_per_erased_image():
+    out = augment_batch(tf.zeros((64, 32, 16, 3)), 32, 16, flip=False, random_erasing=0.5,
+                        seed=tf.constant([3, 4], tf.int64)).numpy()
+    erased = out.max(axis=-1) > 0
+    counts = erased.sum(axis=(1, 2))
+    assert 10 < (counts > 0).sum() < 54  # about half the images, each its own draw
+    for mask in erased[counts > 0]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.mean() > 0.99 and 0.01 <= box.size / mask.size <= 0.42  # a filled rectangle, 2-40% of the area
+
+
+def test_batch_color_jitter_equals_the_tf_image_ops_with_the_drawn_factors():
+    images = tf.random.stateless_uniform((8, 16, 8, 3), seed=[7, 8], maxval=255.0)
+    seed = tf.constant([9, 10], tf.int64)
+    out = _color_jitter(images, 16, 8, 8, 0.3, seed).numpy()
+    factors = tf.random.stateless_uniform([8, 3], seed, -0.3, 0.3).numpy()
+    for image, got, (delta, contrast, saturation) in zip(images, out, factors):
+        x = tf.image.adjust_brightness(image / 255.0, delta)
+        x = tf.image.adjust_contrast(x, 1 + contrast)
+        x = tf.image.adjust_saturation(x, 1 + saturation)
+        np.testing.assert_allclose(got, tf.clip_by_value(x, 0.0, 1.0).numpy() * 255.0, atol=0.01)
+
+
+def test_augment_image_is_augment_batch_of_one():
+    one, _ = _asymmetric(1)
+    options = {"flip": True, "pad_crop": 4, "color_jitter": 0.2, "random_erasing": 0.5}
+    seed = tf.constant([11, 12], tf.int64)
+    np.testing.assert_array_equal(augment_image(one, 24, 12, seed=seed, **options).numpy(),
+                                  augment_batch(one[None], 24, 12, seed=seed, **options)[0].numpy())

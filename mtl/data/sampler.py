@@ -12,8 +12,9 @@ deterministic for a seed, and can be distributed by ``tf.distribute`` strategies
   ``reshuffle_each_iteration``), ``P`` at a time; the last ``num_ids mod P`` of a pass are left
   for that pass, so a batch never repeats an identity;
 * the ``K`` images of each identity are drawn with stateless random ops seeded by
-  ``(seed, batch number)``, and each drawn image is augmented with stateless random ops seeded
-  by ``(seed, draw number)``: the same seed gives the same batches, in any parallelism;
+  ``(seed, batch number)``, and each batch is augmented (``augment_batch``, per-image draws) with
+  stateless random ops seeded by ``(seed, batch number)``: the same seed gives the same batches,
+  in any parallelism;
 * batches are laid out identity by identity (``K`` consecutive rows per identity). A
   ``MirroredStrategy`` with ``R`` replicas splits a global batch into ``R`` consecutive slices,
   so each replica gets ``P / R`` whole identities when ``R`` divides ``P``.
@@ -28,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mtl.data.pipeline import AUGMENT_STREAM, AUTOTUNE, augment_image, decode_image, stream_seed
+from mtl.data.pipeline import AUGMENT_STREAM, AUTOTUNE, augment_batch, decode_image, stream_seed
 from mtl.errors import ConfigError, DataError
 
 
@@ -94,23 +95,26 @@ def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identitie
             identity-class index.
         p, k, seed: see ``pk_index_dataset``; ``seed`` also keys the augmentation.
         height, width: model input size.
-        augment: keyword arguments of ``mtl.data.pipeline.augment_image``.
+        augment: keyword arguments of ``mtl.data.pipeline.augment_batch``.
     """
     paths_t = tf.constant(list(map(str, paths)))
     labels_t = {name: tf.constant(np.asarray(v, dtype=np.int32)) for name, v in labels.items()}
     aug = dict(augment or {})
     augment_seed = tf.constant(stream_seed(seed, AUGMENT_STREAM), tf.int64)
 
-    def load(draw, i):
-        # stateless augmentation keyed by (seed, draw number): the same in any parallelism
-        image = augment_image(decode_image(paths_t[i], height, width), height, width,
-                              seed=tf.stack([augment_seed, draw]), **aug)
-        return image, {name: v[i] for name, v in labels_t.items()}
+    def load(i):
+        return decode_image(paths_t[i], height, width), {name: v[i] for name, v in labels_t.items()}
 
-    ds = pk_index_dataset(identities, p, k, seed).unbatch().enumerate()
+    def augment(step, batch):
+        images, labels_batch = batch
+        # stateless augmentation of the whole batch keyed by (seed, batch number): the same in any parallelism
+        return augment_batch(images, height, width, seed=tf.stack([augment_seed, step]), **aug), labels_batch
+
+    ds = pk_index_dataset(identities, p, k, seed).unbatch()
     # deterministic map keeps the order, so each batch of P*K is exactly one sampled group
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(p * k, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(p * k, drop_remainder=True).enumerate()
+    return ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 
 def pk_shape(batch_size: int, p: int = 0, k: int = 4) -> tuple[int, int]:
