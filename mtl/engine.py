@@ -1,6 +1,6 @@
 """The one training engine: compile a multi-task model and train it through its phases.
 
-``fit`` is the only training loop of the package: ``mtl.experiment.train`` (a run directory),
+``train_model`` is the only training loop of the package: ``mtl.experiment.train`` (a run directory),
 each tuning trial (``mtl.tuning``) and each run of a task-set study call it. It takes plain
 arguments (``TrainArgs``, datasets, the model); the ``Config`` is turned into them at the top
 (``mtl.experiment.train_args``).
@@ -81,7 +81,7 @@ class TrainArgs:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where ``fit`` keeps a run's training state (``mtl.rundir.RunDir`` gives them);
+    """Where ``train_model`` keeps a run's training state (``mtl.rundir.RunDir`` gives them);
     ``tensorboard``: the TensorBoard log folder, None for none."""
 
     history: Path
@@ -92,7 +92,7 @@ class RunPaths:
 
 @dataclass
 class FitResult:
-    """What ``fit`` did.
+    """What ``train_model`` did.
 
     Attributes:
         epochs: the logs of every epoch this call trained (0-based ``epoch`` key added).
@@ -314,7 +314,7 @@ def _fit_result(tasks, stopper, recorder, start: float) -> FitResult:
                      best_epoch=best, train_time_s=time.time() - start)
 
 
-def fit(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: TrainArgs, steps_per_epoch: int,
+def train_model(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds, args: TrainArgs, steps_per_epoch: int,
         fixed_steps: bool = False, paths: RunPaths | None = None, callbacks: Sequence = (), strategy=None,
         verbose: int | None = None, initial_epoch: int = 0, log=None,
         images_per_epoch: int | None = None, custom_loop: bool | None = None) -> FitResult:
@@ -515,7 +515,7 @@ class _CustomLoop:
 def _fit_custom(model, tasks, train_ds, val_ds, args: TrainArgs, steps_per_epoch: int, fixed_steps: bool,
                 paths: RunPaths | None, callbacks: Sequence, strategy, initial_epoch: int, log,
                 images_per_epoch: int | None) -> FitResult:
-    """``fit`` as a custom loop under ``strategy`` (``MultiWorkerMirroredStrategy``, where Keras 3's
+    """``train_model`` as a custom loop under ``strategy`` (``MultiWorkerMirroredStrategy``, where Keras 3's
     ``model.fit`` fails): the same phases, losses (``replica_losses``: scaled to the global batch),
     masked metrics and callbacks (through a ``keras.callbacks.CallbackList``, unchanged), with the
     input split across replicas and sharded by DATA. The Keras resume backup is replaced by

@@ -199,7 +199,7 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
     show(model_line(info, cfg))
     args = train_args(cfg, data)
     show(start_line(run, mode, args, engine.monitor_for(data.tasks)))
-    result = engine.fit(model, data.tasks, train_ds, val_ds, args, steps, fixed,
+    result = engine.train_model(model, data.tasks, train_ds, val_ds, args, steps, fixed,
                         paths=run.engine_paths(tensorboard=cfg.train.tensorboard), strategy=strategy,
                         verbose=2 if verbose else None, log=log,
                         images_per_epoch=steps * cfg.train.batch_size if fixed else len(data.train))

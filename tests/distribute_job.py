@@ -73,7 +73,7 @@ def make_model(strategy, weights=None):
 def train(strategy, symmetric, custom_loop, weights, paths=None):
     train_ds, val_ds = data(symmetric)
     model = make_model(strategy, weights)
-    result = engine.fit(model, TASKS, train_ds, val_ds, ARGS, STEPS, fixed_steps=True, strategy=strategy,
+    result = engine.train_model(model, TASKS, train_ds, val_ds, ARGS, STEPS, fixed_steps=True, strategy=strategy,
                         custom_loop=custom_loop, paths=paths, verbose=0)
     return [row["loss"] for row in result.epochs], result.epochs, model.get_weights()
 

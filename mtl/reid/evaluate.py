@@ -42,6 +42,21 @@ _CHUNK_ELEMENTS = 1 << 22
 _COMPARE_ELEMENTS = 1 << 21
 
 
+def check_max_rank(max_rank) -> int:
+    """``max_rank`` as an int; ``ValueError`` below 1."""
+    max_rank = int(max_rank)
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    return max_rank
+
+
+def dense_codes(query_values: np.ndarray, gallery_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (identities or cameras) of queries and gallery as codes ``0..n-1`` shared by both."""
+    _, codes = np.unique(np.concatenate([query_values, gallery_values]), return_inverse=True)
+    codes = codes.reshape(-1)
+    return codes[:len(query_values)], codes[len(query_values):]
+
+
 def _check_1d(name, values, length, length_name):
     arr = np.asarray(values)
     if arr.ndim != 1:
@@ -185,15 +200,11 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     g_pids = _check_1d("g_pids", g_pids, num_g, "columns (gallery images)")
     q_camids = _check_1d("q_camids", q_camids, num_q, "rows (queries)")
     g_camids = _check_1d("g_camids", g_camids, num_g, "columns (gallery images)")
-    max_rank = int(max_rank)
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    max_rank = check_max_rank(max_rank)
 
     # Identities as dense codes; the gallery grouped by identity, gallery index ascending.
-    _, codes = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)
-    codes = codes.reshape(-1)
-    q_code, g_code = codes[:num_q], codes[num_q:]
-    num_codes = int(codes.max()) + 1
+    q_code, g_code = dense_codes(q_pids, g_pids)
+    num_codes = int(max(q_code.max(), g_code.max())) + 1
     g_by_code = np.argsort(g_code, kind="stable")
     code_count = np.bincount(g_code, minlength=num_codes)
     code_start = np.cumsum(code_count) - code_count

@@ -41,7 +41,7 @@ import numpy as np
 from mtl.errors import ConfigError, DataError
 from mtl.io import atomic_path, atomic_write_json, make_folder
 from mtl.reid.distance import _unit_rows
-from mtl.reid.evaluate import _check_1d
+from mtl.reid.evaluate import _check_1d, check_max_rank, dense_codes
 
 __all__ = ["KINDS", "METRICS", "EXACT", "EmbeddingIndex", "ExactIndex", "FaissIndex", "build_index", "load_index",
            "rank_metrics_from_topk", "recall_at_k"]
@@ -412,21 +412,15 @@ def rank_metrics_from_topk(indices, q_pids, g_pids, q_camids, g_camids, max_rank
     g_camids = _check_1d("g_camids", g_camids, num_g, "gallery items")
     if indices.size and (indices.max() >= num_g or indices.min() < -1):
         raise ValueError(f"indices must lie in [0, {num_g}) (or be -1 for padding)")
-    max_rank = int(max_rank)
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    max_rank = check_max_rank(max_rank)
 
     # matches of each query in the whole gallery: same identity minus same identity and camera
-    _, codes = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)
-    codes = codes.reshape(-1)
-    q_code, g_code = codes[:num_q], codes[num_q:]
-    _, cams = np.unique(np.concatenate([q_camids, g_camids]), return_inverse=True)
-    cams = cams.reshape(-1)
-    q_cam, g_cam = cams[:num_q], cams[num_q:]
-    num_cams = int(cams.max()) + 1
-    same_id = np.bincount(g_code, minlength=int(codes.max()) + 1)[q_code]
-    same_id_cam = np.bincount(g_code * num_cams + g_cam, minlength=(int(codes.max()) + 1) * num_cams)[
-        q_code * num_cams + q_cam]
+    q_code, g_code = dense_codes(q_pids, g_pids)
+    q_cam, g_cam = dense_codes(q_camids, g_camids)
+    num_codes = int(max(q_code.max(), g_code.max())) + 1
+    num_cams = int(max(q_cam.max(), g_cam.max())) + 1
+    same_id = np.bincount(g_code, minlength=num_codes)[q_code]
+    same_id_cam = np.bincount(g_code * num_cams + g_cam, minlength=num_codes * num_cams)[q_code * num_cams + q_cam]
     total_matches = same_id - same_id_cam
     valid = total_matches > 0
     if not valid.any():

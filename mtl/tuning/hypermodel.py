@@ -100,7 +100,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
         args = dataclasses.replace(train_args(cfg, self.data), epochs=epochs, patience=self.patience, keep="best")
         steps, fixed = steps_per_epoch(cfg, self.data)
         tuner_callbacks = list(callbacks or [])
-        result = engine.fit(model, self.tasks, train_ds, val_ds, args, steps, fixed, callbacks=tuner_callbacks,
+        result = engine.train_model(model, self.tasks, train_ds, val_ds, args, steps, fixed, callbacks=tuner_callbacks,
                             verbose=self.verbose if verbose is None else verbose, initial_epoch=initial_epoch)
         if not result.epochs:
             raise keras_tuner.errors.FailedTrialError("the trial ran no epoch")
