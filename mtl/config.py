@@ -37,6 +37,7 @@ KEEP = ("best", "last")
 DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")  # mtl.distribute.DISTRIBUTE
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies (mtl.engine.precision_policy)
 SAMPLERS = ("auto", "pk", "random")
+METRIC_LOSSES = ("triplet", "contrastive", "centroid_triplet")  # mtl.reid.losses.METRIC_LOSSES
 TUNERS = ("random", "bayesian", "hyperband")
 MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
 
@@ -144,9 +145,19 @@ class TrainConfig:
                                 "identity task)")
     p_identities: int = _key(0, "P of P x K batches; 0: batch_size // k_images")
     k_images: int = _key(4, "K of P x K batches: images per identity")
-    triplet_margin: float | None = _key(0.3, "identity task: batch-hard triplet loss margin; null: soft margin")
+    triplet_margin: float | None = _key(0.3, "identity task: margin of the triplet and centroid_triplet losses "
+                                             "(Euclidean, on the embedding as it is); null: soft margin")
     id_label_smoothing: float = _key(0.1, "identity task: label smoothing of its cross-entropy")
     center_loss: float = _key(0.0, "identity task: weight of the centre loss (BoT: 5e-4); 0: off")
+    metric_loss: str = _key("triplet", "identity task: the embedding's metric loss: triplet (Hermans 2017), "
+                                       "contrastive (pairs, Hadsell 2006; report 002) or centroid_triplet (each "
+                                       "image vs the leave-one-out centroid of its identity and the other "
+                                       "identities' centroids, Wieczorek 2021; report 003)")
+    hard_mining: bool = _key(True, "identity task's metric loss: true: each anchor's hardest negative in the "
+                                   "batch (triplet: batch-hard, its hardest positive too); false: every "
+                                   "negative (triplet: batch-all)")
+    contrastive_margin: float = _key(1.0, "metric_loss=contrastive: margin on L2-normalised embeddings "
+                                          "(distances in [0, 2]; 1.0: negatives pushed below cosine 0.5)")
 
 
 @dataclass(frozen=True)
@@ -505,6 +516,9 @@ RULES: dict[str, Rule] = {
     "train.triplet_margin": _above(0, optional=True),
     "train.id_label_smoothing": _interval(0, 1, high_open=True),
     "train.center_loss": _at_least(0),
+    "train.metric_loss": _choice(METRIC_LOSSES),
+    "train.hard_mining": _anything,
+    "train.contrastive_margin": _interval(0, 2, low_open=True),  # unit vectors are at most 2 apart
     "tune.tuner": _choice(TUNERS),
     "tune.max_trials": _at_least(1),
     "tune.objective": _text(),  # resolved against the tasks' metrics by mtl.tuning

@@ -72,11 +72,15 @@ class TrainArgs:
     triplet_margin: float | None = 0.3
     id_label_smoothing: float = 0.1
     center_loss: float = 0.0
+    metric_loss: str = "triplet"
+    hard_mining: bool = True
+    contrastive_margin: float = 1.0
 
     def identity_options(self) -> dict:
         """Keyword arguments of ``mtl.reid.losses.identity_losses``."""
         return {"triplet_margin": self.triplet_margin, "label_smoothing": self.id_label_smoothing,
-                "center_loss": self.center_loss}
+                "center_loss": self.center_loss, "metric_loss": self.metric_loss,
+                "hard_mining": self.hard_mining, "contrastive_margin": self.contrastive_margin}
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def train_args(cfg: Config, data: PreparedData | None = None):
         class_weights=class_weights_for(data) if t.class_weighting and data is not None else None,
         label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, mixed_precision=t.mixed_precision,
         steps_per_execution=t.steps_per_execution, triplet_margin=t.triplet_margin,
-        id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss)
+        id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss, metric_loss=t.metric_loss,
+        hard_mining=t.hard_mining, contrastive_margin=t.contrastive_margin)
 
 
 def prepare(cfg: Config) -> PreparedData:
