@@ -17,6 +17,11 @@ and coding of ``annotations_train.csv``:
 
 the gallery (``test/``) ranked best first, ``top`` images (100 by default, or the whole gallery
 if smaller). File names only, no folders.
+
+Variable-length lines (a distance threshold, reports 001 and 002; :func:`threshold_rows`): each
+query lists every gallery image at distance ``<= threshold``, best first, at least the nearest one
+(a line needs one name, and a nearest guess costs less than no answer) and at most ``top``; the
+rule ``mtl.reid.threshold`` chooses and scores the threshold under.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import pandas as pd
 from mtl.data.sources.market_course import BINARY_ATTRIBUTES, DOWN_COLUMNS, UP_COLUMNS
 from mtl.errors import DataError
 from mtl.io import atomic_path, atomic_write_text
+from mtl.reid.threshold import MIN_RETURN, returned_counts
 
 FILE_COLUMN = "file_name"
 CLASSIFICATION_FILE = "classification_test.csv"
@@ -100,8 +106,15 @@ def top_k_rows(distmat: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the ``k`` smallest entries of each row, smallest first (ties: lower index)."""
     distmat = np.asarray(distmat)
     k = min(int(k), distmat.shape[1])
-    if k < distmat.shape[1]:
-        part = np.argpartition(distmat, k - 1, axis=1)[:, :k]
+    if 0 < k < distmat.shape[1]:
+        # argpartition picks any of the entries tied with the k-th value: take all those below
+        # it, then the lowest-index ones equal to it (a stable sort's choice)
+        kth = np.take_along_axis(distmat, np.argpartition(distmat, k - 1, axis=1)[:, k - 1:k], axis=1)
+        below = distmat < kth
+        tied = distmat == kth
+        room = k - np.count_nonzero(below, axis=1, keepdims=True)
+        chosen = below | (tied & (np.cumsum(tied, axis=1) <= room))
+        part = np.nonzero(chosen)[1].reshape(len(distmat), k)
     else:
         part = np.broadcast_to(np.arange(distmat.shape[1]), distmat.shape).copy()
     values = np.take_along_axis(distmat, part, axis=1)
@@ -109,27 +122,56 @@ def top_k_rows(distmat: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def threshold_rows(distmat: np.ndarray, threshold: float, top: int, min_return: int = MIN_RETURN
+                   ) -> list[np.ndarray]:
+    """Variable-length rankings: per row, the column indices with distance ``<= threshold``,
+    smallest first (ties: lower index), at least ``min_return`` and at most ``top`` of them.
+
+    Returns:
+        One int array per row (the rule of ``mtl.reid.threshold.returned_counts``).
+    """
+    ranked = top_k_rows(distmat, top)
+    return [row[:n] for row, n in zip(ranked, returned_counts(distmat, threshold, min_return, top))]
+
+
 def rank_gallery(q_feat: np.ndarray, g_feat: np.ndarray, top: int = 100, distance: str = "cosine",
-                 chunk: int = 256) -> np.ndarray:
-    """``(Q, min(top, G))`` gallery indices, best first, computed ``chunk`` queries at a time
-    (memory: one ``chunk x G`` block of distances)."""
+                 chunk: int = 256, threshold: float | None = None) -> np.ndarray | list[np.ndarray]:
+    """Gallery indices per query, best first, computed ``chunk`` queries at a time (memory: one
+    ``chunk x G`` block of distances).
+
+    Args:
+        q_feat, g_feat: ``(Q, D)`` / ``(G, D)`` descriptors.
+        top: images per query (with ``threshold``: at most).
+        distance: ``cosine`` or ``euclidean``.
+        threshold: None: ``(Q, min(top, G))`` array; a distance: the variable-length lines of
+            :func:`threshold_rows`, one array per query.
+    """
     from mtl.reid.protocol import feature_distance
 
-    rows = [top_k_rows(feature_distance(q_feat[i:i + chunk], g_feat, distance), top)
-            for i in range(0, len(q_feat), chunk)]
+    rows = []
+    for i in range(0, len(q_feat), chunk):
+        d = feature_distance(q_feat[i:i + chunk], g_feat, distance)
+        rows.append(top_k_rows(d, top) if threshold is None else threshold_rows(d, threshold, top))
+    if threshold is not None:
+        return [row for block in rows for row in block]
     return np.concatenate(rows) if rows else np.zeros((0, min(top, len(g_feat))), np.int64)
 
 
-def reid_lines(query_names: Sequence[str], gallery_names: Sequence[str], ranking: np.ndarray) -> list[str]:
-    """``"q.jpg: g1.jpg, g2.jpg, ..."`` lines from a ``(Q, top)`` array of gallery indices."""
+def reid_lines(query_names: Sequence[str], gallery_names: Sequence[str],
+               ranking: np.ndarray | Sequence[np.ndarray]) -> list[str]:
+    """``"q.jpg: g1.jpg, g2.jpg, ..."`` lines from a ``(Q, top)`` array of gallery indices, or one
+    index array per query (variable-length lines, each non-empty)."""
     gallery = np.asarray([Path(g).name for g in gallery_names])
     if len(query_names) != len(ranking):
         raise DataError(f"{len(query_names)} queries but {len(ranking)} rankings")
-    return [f"{Path(q).name}: {', '.join(gallery[row])}" for q, row in zip(query_names, ranking)]
+    for q, row in zip(query_names, ranking):
+        if len(row) == 0:  # an empty gallery: "q.jpg: " would not be a valid line
+            raise DataError(f"{REID_FILE}: no gallery image to list for {Path(q).name} (a line names at least one)")
+    return [f"{Path(q).name}: {', '.join(gallery[np.asarray(row, np.int64)])}" for q, row in zip(query_names, ranking)]
 
 
 def write_reid_txt(path: str | Path, query_names: Sequence[str], gallery_names: Sequence[str],
-                   ranking: np.ndarray) -> None:
+                   ranking: np.ndarray | Sequence[np.ndarray]) -> None:
     """Write ``reid_test.txt`` (see the module docstring), atomically."""
     atomic_write_text(path, "\n".join(reid_lines(query_names, gallery_names, ranking)) + "\n")
 

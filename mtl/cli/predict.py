@@ -27,6 +27,10 @@ Course deliverables of a Market-1501 course-layout folder (only test/ and querie
   reid_test.txt            one line per queries/ image (sorted): "000123.jpg: 004567.jpg, ...", the
                            test/ gallery ranked best first, --top images (default 100). Images that
                            cannot be decoded are left out of the rankings (and a query gets no line).
+                           --reid-threshold makes the lines variable-length (reports 001, 002): every
+                           test/ image at distance <= the threshold, best first, at least the nearest
+                           one, at most --top; auto: the threshold the run chose on its held-out people
+                           (metrics.json reid.threshold, with its cross-validated F1).
   Written into --out (default: the run directory). Retrieval uses the run's identity embedding
   (BN-neck output), or the pooled trunk features of a run without the identity task; distances are
   computed a block of queries at a time (re-ranking, when asked, holds one queries x gallery matrix).
@@ -36,6 +40,7 @@ Examples:
     mtl-predict --run runs/products --images list.txt --probabilities
     mtl-predict --run runs/reid --data ../shared/data/market1501-course
     mtl-predict --run runs/joint --out deliverables/ --top 50 --rerank
+    mtl-predict --run runs/reid --reid-threshold auto
 
 From a checkout without installing: python scripts/predict.py (same flags).
 """
@@ -71,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true",
                    help="deliverables: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the whole test gallery")
     p.add_argument("--batch-size", type=int, help="images per batch of inference (default: the run's)")
+    p.add_argument("--reid-threshold", default="none", metavar="auto|DISTANCE|none",
+                   help="deliverables: list every test/ image at distance <= this per query (best first, at least "
+                        "the nearest one, at most --top); auto: the threshold the run chose on its held-out people "
+                        "to maximise F1 (metrics.json reid.threshold); none (default): the fixed --top images")
     return p
 
 
@@ -85,9 +94,11 @@ def main(argv=None) -> int:
         raise DataError(f"--top must be >= 1, got {args.top}")
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.reid_threshold = parse_reid_threshold(args.reid_threshold)
     if args.images:
         given = [flag for flag, value in (("--top", args.top), ("--distance", args.distance),
-                                          ("--rerank", args.rerank)) if value]
+                                          ("--rerank", args.rerank),
+                                          ("--reid-threshold", args.reid_threshold is not None)) if value]
         if given:
             raise DataError(f"{', '.join(given)}: only for the course deliverables (--data), not with --images")
         return predict_any_images(args)
@@ -128,7 +139,8 @@ def write_deliverables(args: argparse.Namespace) -> int:
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.relabel import load_for_run
     from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
-                                  rank_gallery, top_k_rows, write_classification_csv, write_reid_txt)
+                                  rank_gallery, threshold_rows, top_k_rows, write_classification_csv,
+                                  write_reid_txt)
     from mtl.inference import extract_features
     from mtl.io import ensure_writable, make_folder
     from mtl.metrics import class_probabilities
@@ -139,6 +151,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
     top, distance = args.top or DEFAULT_TOP, args.distance or "cosine"
     out = Path(args.out) if args.out else Path(args.run)
     ensure_writable(out)  # before hours of extraction
+    reid_threshold, distance = resolve_reid_threshold(args, distance)
     run = load_run(args.run)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
@@ -197,17 +210,77 @@ def write_deliverables(args: argparse.Namespace) -> int:
         from mtl.reid.rerank import re_ranking_features
 
         print("re-ranking (k-reciprocal) ...", flush=True)
-        ranking = top_k_rows(re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS), top)
+        reranked = re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS)
+        ranking = top_k_rows(reranked, top) if reid_threshold is None else threshold_rows(reranked, reid_threshold, top)
     else:
-        ranking = rank_gallery(q_feat, g_feat, top, distance)
+        ranking = rank_gallery(q_feat, g_feat, top, distance, threshold=reid_threshold)
     write_reid_txt(out / REID_FILE, queries["path"], gallery["path"], ranking)
     note = ""
     if len(skipped_gallery) or len(skipped_queries):
         note = (f"; left out as they cannot be decoded: {len(skipped_gallery)} test/ and {len(skipped_queries)} "
                 "queries/ image(s)")
-    print(f"written: {out / REID_FILE} ({len(queries)} queries x top {ranking.shape[1]}){note} "
+    sizes = [len(row) for row in ranking]
+    shape = (f"x top {max(sizes, default=0)}" if reid_threshold is None else
+             f"with {min(sizes, default=0)}-{max(sizes, default=0)} images each, mean {np.mean(sizes or [0]):.1f}, "
+             f"at distance <= {reid_threshold:.4g}")
+    print(f"written: {out / REID_FILE} ({len(queries)} queries {shape}){note} "
           f"in {time.time() - start:.0f} s")
     return 0
+
+
+def parse_reid_threshold(text: str) -> str | float | None:
+    """``--reid-threshold``: ``none`` -> None, ``auto`` -> ``"auto"``, a finite number -> float.
+
+    Raises:
+        DataError: anything else (names the value and the valid ones).
+    """
+    import math
+
+    value = str(text).strip().lower()
+    if value in ("none", "auto"):
+        return None if value == "none" else "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise DataError(f"--reid-threshold {text!r}: expected auto, none or a distance (a finite number)")
+    return number
+
+
+def resolve_reid_threshold(args: argparse.Namespace, distance: str) -> tuple[float | None, str]:
+    """The deliverable's distance threshold and the distance it is in, from ``--reid-threshold``.
+
+    ``auto`` reads ``metrics.json["reid"]["threshold"]`` (chosen on the run's held-out people, in
+    the plain distance it records, which is then the distance used unless ``--distance`` names
+    another: an error, as is ``--rerank``, whose distances have another scale).
+
+    Returns:
+        ``(threshold or None, distance)``.
+
+    Raises:
+        DataError: ``auto`` for a run that records no threshold, or that does not fit the flags.
+    """
+    from mtl.rundir import METRICS, RunDir
+
+    if args.reid_threshold != "auto":
+        return args.reid_threshold, distance
+    metrics = RunDir(args.run).read_metrics() if RunDir(args.run).file(METRICS).is_file() else None
+    reid = (metrics or {}).get("reid")
+    record = reid.get("threshold") if isinstance(reid, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("value"), (int, float)):
+        raise DataError(f"--reid-threshold auto: {args.run} records no threshold ({METRICS} reid.threshold: runs "
+                        "with the identity task and held-out people seen by two cameras); give a distance or none")
+    if args.rerank:
+        raise DataError("--reid-threshold auto was chosen on plain distances; with --rerank give a distance "
+                        "(re-ranked distances have another scale) or none")
+    recorded = record.get("distance", "cosine")
+    if args.distance and args.distance != recorded:
+        raise DataError(f"--reid-threshold auto is a {recorded} distance; --distance {args.distance} does not fit "
+                        f"(drop --distance, or give a {args.distance} threshold)")
+    print(f"reid threshold: {record['value']:.4g} ({recorded}; chosen on the run's held-out people, "
+          f"F1 {record.get('f1', float('nan')):.3f} cross-validated)", flush=True)
+    return float(record["value"]), recorded
 
 
 def entry() -> None:
