@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ FORMAT_NAMES = ("market1501_course", "market1501", "fashion", "imaterialist")  #
 TRUNK_NAMES = ("resnet_small", "resnet18ish", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
                "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2")  # mtl.models.trunks.TRUNKS
 HEADS = ("private", "public")  # mtl.models.heads.HEAD_TYPES
+POOLINGS = ("avg", "gem", "max")  # mtl.models.builder.POOLINGS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 KEEP = ("best", "last")
@@ -99,6 +101,13 @@ class ModelConfig:
     task_units: int = _key(128, "public heads: width of each task's dense layer before its output")
     dropout: float = _key(0.3, "dropout rate in the heads")
     embedding_dim: int = _key(256, "identity task: size of the re-identification embedding (0: pooled features)")
+    attention: tuple[str, ...] = _key((), "CBAM attention blocks after these trunk stages: stage1.. (or their "
+                                          "numbers; resnet_small, resnet18ish, efficientnet_lite0) and/or last "
+                                          "(after the trunk's output, any trunk); empty: none")
+    pooling: str = _key("avg", f"global pooling of the feature map: {', '.join(POOLINGS)} (gem: generalised "
+                               "mean, learned exponent)")
+    last_stride: int = _key(2, "1: the trunk's last downsampling stage keeps stride 1 (feature map twice as "
+                               "large; resnet_small, resnet18ish, efficientnet_lite0)")
 
 
 @dataclass(frozen=True)
@@ -487,6 +496,11 @@ RULES: dict[str, Rule] = {
     "model.task_units": _at_least(1),
     "model.dropout": _interval(0, 1, high_open=True),
     "model.embedding_dim": _at_least(0),  # 0: the BN neck sits on the pooled features (BoT)
+    # the syntax here; mtl.models.trunks.attention_stages checks the names against the trunk's stages
+    "model.attention": _each(lambda v: None if re.fullmatch(r"(stage)?[1-9][0-9]*|last", v.strip().lower())
+                             else "must be a stage name (stage1, stage2, ..), a stage number or last"),
+    "model.pooling": _choice(POOLINGS),
+    "model.last_stride": lambda v: None if v in (1, 2) else "valid values: 1, 2",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.optimizer": _choice(OPTIMIZERS),

@@ -59,7 +59,8 @@ def model_kwargs(cfg: Config) -> dict:
     return {"input_shape": (cfg.data.image_height, cfg.data.image_width, 3), "trunk": m.trunk,
             "weights": m.weights, "width": m.width, "head": m.head, "public_units": m.public_units,
             "private_multipliers": m.private_multipliers, "task_units": m.task_units, "dropout": m.dropout,
-            "embedding_dim": m.embedding_dim, "center_loss": cfg.train.center_loss > 0}
+            "embedding_dim": m.embedding_dim, "center_loss": cfg.train.center_loss > 0,
+            "attention": m.attention, "pooling": m.pooling, "last_stride": m.last_stride}
 
 
 def train_args(cfg: Config, data: PreparedData | None = None):

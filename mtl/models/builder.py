@@ -9,18 +9,24 @@ from typing import Sequence
 
 import keras
 
-from mtl.errors import DataError
+from mtl.errors import ConfigError, DataError
+from mtl.models.attention import CBAM
 from mtl.models.heads import attribute_heads
-from mtl.models.trunks import build_trunk
+from mtl.models.layers import GeMPooling
+from mtl.models.trunks import attention_stages, build_trunk
 from mtl.tasks import IDENTITY, TaskSpec
+
+# model.pooling -> the global pooling layer (mtl.config.POOLINGS mirrors the names)
+POOLINGS = {"avg": keras.layers.GlobalAveragePooling2D, "gem": GeMPooling, "max": keras.layers.GlobalMaxPooling2D}
 
 
 def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str = "resnet_small",
                 weights: str | None = None, width: float = 1.0, head: str = "private",
                 public_units: Sequence[int] = (384, 384), private_multipliers: Sequence[int] = (16, 8),
                 task_units: int = 128, dropout: float = 0.3, embedding_dim: int = 256,
-                center_loss: bool = False) -> keras.Model:
-    """Functional multi-task model: image -> trunk -> global average pooling -> task heads.
+                center_loss: bool = False, attention: Sequence[str | int] = (), pooling: str = "avg",
+                last_stride: int = 2) -> keras.Model:
+    """Functional multi-task model: image -> trunk -> global pooling -> task heads.
 
     Args:
         tasks: the task specs; one output per task, named after it (the identity task adds an
@@ -30,13 +36,31 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
         head, public_units, private_multipliers, task_units, dropout: see ``mtl.models.heads``.
         embedding_dim: size of the identity embedding.
         center_loss: give the identity head its ``center`` output (for the centre loss).
+        attention: where CBAM blocks go (``mtl.models.attention``): trunk stage names
+            (``stage3``) or numbers, inside the trunk (``mtl.models.trunks.STAGES`` lists the
+            trunks built stage by stage), and/or ``last``: one block after the trunk's output, for
+            every trunk. The ``last`` block sits outside the ``trunk`` sub-model, like the pooling:
+            it trains at the heads' learning rate and is not frozen with the trunk. Blocks start
+            as the identity, so pretrained features are unchanged at first.
+        pooling: ``avg`` (global average), ``gem`` (generalised mean, learned exponent,
+            ``mtl.models.layers.GeMPooling``) or ``max``; the layer is named ``pool`` either way.
+        last_stride: 2, or 1: the trunk's last downsampling stage keeps the resolution (a feature
+            map twice as large per side; trunks of ``mtl.models.trunks.STAGES``).
 
     Returns:
         A ``keras.Model`` named ``mtl`` whose outputs are a dict keyed by task name.
+
+    Raises:
+        ConfigError: an attention stage, pooling or last stride this trunk does not take.
     """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling: {pooling!r} is not valid; valid: {', '.join(POOLINGS)}")
+    stages, attention_last = attention_stages(trunk, attention)
     inputs = keras.Input(tuple(input_shape), name="image")
-    feature_map = build_trunk(trunk, input_shape, weights, width)(inputs)
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(feature_map)
+    feature_map = build_trunk(trunk, input_shape, weights, width, stages, last_stride)(inputs)
+    if attention_last:
+        feature_map = CBAM(name="cbam_last")(feature_map)
+    features = POOLINGS[pooling](name="pool")(feature_map)
     outputs = attribute_heads(features, tasks, head, public_units, private_multipliers, task_units, dropout)
     identity = [t for t in tasks if t.kind == IDENTITY]
     if identity:

@@ -26,8 +26,12 @@ Inputs are float RGB pixels in [0, 255]; the model scales them itself with ``(x 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 from keras import layers
+
+from mtl.models.attention import CBAM
 
 __all__ = ["efficientnet_lite0", "LITE0_BLOCKS", "BN_EPSILON", "BN_MOMENTUM", "block_layer_prefix"]
 
@@ -89,6 +93,9 @@ def efficientnet_lite0(
     name: str = "efficientnet_lite0",
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
+    *,
+    attention: Sequence[int] = (),
+    last_stride: int = 2,
 ) -> keras.Model:
     """Build EfficientNet-Lite0: [0, 255] RGB images -> feature map (or class scores).
 
@@ -103,7 +110,30 @@ def efficientnet_lite0(
         name: model name.
         classes: number of classes of the top (1000 for ImageNet weights).
         classifier_activation: activation of the top (``None`` for logits).
+        attention: stage numbers (1..7, ``LITE0_BLOCKS`` order) after whose last block a
+            ``mtl.models.attention.CBAM`` block (named ``cbam_stage<n>``) is inserted; it starts
+            as the identity, so pretrained features are unchanged until it learns.
+        last_stride: 2 (the network's) or 1: the last downsampling stage (stage 6) keeps the
+            resolution, so the feature map has stride 16, twice as large per side (the
+            "last stride 1" of the strong re-identification baselines). Weight shapes do not
+            change, so pretrained weights load either way.
+
+    With ``attention`` or ``last_stride=1`` and ``weights``, the plain network is built and its
+    weights loaded as usual, then copied by layer name into the modified one.
     """
+    attention = tuple(sorted({int(s) for s in attention}))
+    bad = [s for s in attention if not 1 <= s <= len(LITE0_BLOCKS)]
+    if bad or last_stride not in (1, 2):
+        raise ValueError(f"efficientnet_lite0: stages are 1..{len(LITE0_BLOCKS)} (got {list(attention)}), "
+                         f"last_stride 1 or 2 (got {last_stride})")
+    if weights is not None and (attention or last_stride != 2):
+        from mtl.models.trunks import copy_weights_by_name
+
+        plain = efficientnet_lite0(input_shape, include_top, weights, name, classes, classifier_activation)
+        model = efficientnet_lite0(input_shape, include_top, None, name, classes, classifier_activation,
+                                   attention=attention, last_stride=last_stride)
+        copy_weights_by_name(plain, model)
+        return model
     if weights is not None:
         from mtl.models import pretrained
 
@@ -125,11 +155,16 @@ def efficientnet_lite0(
 
     index = 0
     in_filters = STEM_FILTERS
-    for repeats, kernel, stride, expand, out_filters in LITE0_BLOCKS:
+    last_downsampling = max(i for i, block in enumerate(LITE0_BLOCKS) if block[2] > 1)
+    for stage, (repeats, kernel, stride, expand, out_filters) in enumerate(LITE0_BLOCKS):
+        if stage == last_downsampling:
+            stride = min(stride, last_stride)
         for r in range(repeats):
             x = _mbconv(x, index, in_filters, out_filters, kernel, stride if r == 0 else 1, expand)
             in_filters = out_filters
             index += 1
+        if stage + 1 in attention:
+            x = CBAM(name=f"cbam_stage{stage + 1}")(x)
 
     x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)

