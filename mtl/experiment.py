@@ -326,6 +326,10 @@ def result_lines(metrics: dict) -> list[str]:
     if summary.get("mean_accuracy") is not None:
         ma = f"  mA {summary['mA']:.3f}" if summary.get("mA") is not None else ""
         lines.append(f"  mean accuracy {summary['mean_accuracy']:.3f}{ma}")
+    from mtl.metrics import instance_line
+
+    if line := instance_line(summary):  # the instance-based PAR metrics
+        lines.append(f"  {line}")
     reid = metrics.get("reid") or {}
     if "plain" in reid:
         reranked = f", re-ranked mAP {reid['reranked']['mAP']:.3f}" if "reranked" in reid else ""

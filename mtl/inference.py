@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from mtl.data.pipeline import AUTOTUNE, decode_image
 from mtl.errors import DataError
-from mtl.metrics import class_probabilities, evaluate_task, summarize
+from mtl.metrics import class_probabilities, evaluate_attributes
 from mtl.progress import progress
 from mtl.tasks import BINARY, CATEGORICAL
 
@@ -124,17 +124,18 @@ def evaluate_model(model: keras.Model, tasks, table: pd.DataFrame, height: int, 
         height, width, batch_size: the model's input size and the inference batch.
 
     Returns:
-        ``({"tasks": {task: metrics}, "summary": ..., "num_images": N}, predictions frame)``.
+        ``({"tasks": {task: metrics}, "summary": ..., "instance": ..., "num_images": N}, predictions
+        frame)`` (``mtl.metrics.evaluate_attributes``: the summary holds mA and the instance-based
+        accuracy / precision / recall / F1).
     """
     outputs = extract_features(model, table["path"], height, width, batch_size, desc="predicting")
-    results = {}
+    attributes = [spec for spec in tasks if spec.kind in (BINARY, CATEGORICAL)]
+    labels = {spec.name: table[spec.name].to_numpy() for spec in attributes}
+    probabilities = {spec.name: class_probabilities(outputs[spec.name], spec) for spec in attributes}
     frame = table[["path", "identity", "camera"]].copy()
-    for spec in tasks:
-        if spec.kind not in (BINARY, CATEGORICAL):
-            continue
-        probs = class_probabilities(outputs[spec.name], spec)
-        results[spec.name] = evaluate_task(table[spec.name].to_numpy(), probs, spec)
-        frame[f"{spec.name}_true"] = table[spec.name].to_numpy()
+    for spec in attributes:
+        probs = probabilities[spec.name]
+        frame[f"{spec.name}_true"] = labels[spec.name]
         frame[f"{spec.name}_pred"] = probs.argmax(1)
         frame[f"{spec.name}_conf"] = probs.max(1).round(4)
-    return {"tasks": results, "summary": summarize(results), "num_images": int(len(table))}, frame
+    return {**evaluate_attributes(labels, probabilities, attributes), "num_images": int(len(table))}, frame

@@ -12,8 +12,10 @@ Which images are evaluated:
     Its images are split into one query per identity and camera, the rest gallery. Products (fashion,
     imaterialist) have no camera views, and people seen by one camera only form no query: there is
     no re-identification then, the images are evaluated for their attributes only.
-Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA) are computed on the
-same images (queries and gallery together), for every task of the run or those of --tasks.
+Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA, and the instance-based
+accuracy / precision / recall / F1 of the PAR literature, mtl.metrics.instance_metrics) are
+computed on the same images (queries and gallery together), for every task of the run or those of
+--tasks.
 
 Labels are those of the run's class table (tasks.json), matched by class name: another folder
 (or another part of the same collection) orders and groups its classes otherwise. A value the
@@ -225,6 +227,10 @@ def _evaluate(args, run_dir: Path) -> int:
         if s["mean_accuracy"] is not None:
             ma = f"  mA {s['mA']:.3f}" if s["mA"] is not None else ""
             print(f"attributes: mean accuracy {s['mean_accuracy']:.3f}{ma} on {attributes['num_images']} images")
+        from mtl.metrics import instance_line
+
+        if line := instance_line(s):  # the instance-based PAR metrics (mtl.metrics.instance_metrics)
+            print(f"attributes: {line}")
     reid = result.get("reid")
     if reid is None:
         print(f"re-identification: {no_ranking_reason(gallery)}")

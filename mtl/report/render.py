@@ -161,6 +161,26 @@ def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return items
 
 
+# metrics.json "summary" keys shown at a glance, in order; a run written before a key existed
+# (the instance-based metrics came with issue 15) simply lacks it and its figure is left out
+SUMMARY_HEADLINE = (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
+                    ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"),
+                    ("instance_f1", "instance F1"))
+INSTANCE_ITEMS = (("instance_accuracy", "accuracy"), ("instance_precision", "precision"),
+                  ("instance_recall", "recall"), ("instance_f1", "F1"))
+
+
+def summary_headline(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The headline figures of a ``metrics.json`` summary (``SUMMARY_HEADLINE``) that it has."""
+    return [(label, summary.get(key)) for key, label in SUMMARY_HEADLINE if figures.finite(summary.get(key))]
+
+
+def instance_items(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The instance-based accuracy / precision / recall / F1 of a summary; empty when it lacks any."""
+    items = [(label, summary.get(key)) for key, label in INSTANCE_ITEMS]
+    return items if all(figures.finite(v) for _, v in items) else []
+
+
 def _evaluation_context(evaluation: Mapping[str, Any], training_tasks: Mapping[str, Any] | None = None) -> dict:
     """What ``mtl-evaluate`` stored under ``metrics.json["evaluation"]``: where, which images, the
     settings, and attribute metrics on those images (left out, with a note, when they are those of
@@ -176,12 +196,10 @@ def _evaluation_context(evaluation: Mapping[str, Any], training_tasks: Mapping[s
     summary = attributes.get("summary") if isinstance(attributes.get("summary"), Mapping) else {}
     if attr_tasks and same_task_metrics(attr_tasks, training_tasks or {}):
         return {"items": items, "num_images": attributes.get("num_images"), "headline": [], "overview": None,
-                "binary": tables.Table(headers=[]), "same_as_validation": True}
+                "binary": tables.Table(headers=[]), "instance": [], "same_as_validation": True}
     return {"items": items, "num_images": attributes.get("num_images"), "same_as_validation": False,
-            "headline": [(label, summary.get(key)) for key, label in
-                         (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
-                          ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
-                         if figures.finite(summary.get(key))],
+            "headline": summary_headline(summary),
+            "instance": instance_items(summary),
             "overview": tables.overview_table(attr_tasks) if attr_tasks else None,
             "binary": tables.binary_table(attr_tasks)}
 
@@ -291,10 +309,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     # at a glance
     summary = metrics.get("summary") if isinstance(metrics.get("summary"), Mapping) else {}
     reid = metrics.get("reid") if isinstance(metrics.get("reid"), Mapping) else None
-    ctx["headline"] = [(label, summary.get(key)) for key, label in
-                       (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
-                        ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"))
-                       if figures.finite(summary.get(key))]
+    ctx["headline"] = summary_headline(summary)
     # evaluate.py adds "evaluation": attribute and re-id metrics on other images (see its docstring)
     evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), Mapping) else None
     eval_reid = evaluation.get("reid") if evaluation and isinstance(evaluation.get("reid"), Mapping) else None
@@ -333,6 +348,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     # binary attributes together
     ctx["binary_table"] = tables.binary_table(task_metrics)
     ctx["mA"] = summary.get("mA") if figures.finite(summary.get("mA")) else None
+    ctx["instance"] = instance_items(summary)
 
     # per task
     _progress("report: examples", quiet)
@@ -551,8 +567,8 @@ def _sub_runs_table(path: Path, links: Mapping[str, str] | None = None) -> table
     runs = sub_runs(path)
     if not runs:
         return None
-    table = tables.Table(headers=["run", "tasks", "mean accuracy", "mean majority baseline", "mA", "epoch kept",
-                                  "report"], numeric=[False, False, True, True, True, True, False])
+    table = tables.Table(headers=["run", "tasks", "mean accuracy", "mean majority baseline", "mA", "instance F1",
+                                  "epoch kept", "report"], numeric=[False, False, True, True, True, True, True, False])
     for run in runs:
         sub = load(run)
         m = sub.metrics or {}
@@ -566,6 +582,7 @@ def _sub_runs_table(path: Path, links: Mapping[str, str] | None = None) -> table
                            tables.format_value(s.get("mean_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mean_majority_accuracy"), tables.PERCENT),
                            tables.format_value(s.get("mA"), tables.PERCENT),
+                           tables.format_value(s.get("instance_f1"), tables.PERCENT),
                            tables.format_value(kept_epoch(tr), tables.INTEGER),
                            tables.Cell(report_command(run), "")])
     return table
@@ -664,7 +681,8 @@ def render_comparison(paths: Sequence[str | Path], out: str | Path | None = None
                          "train_time": _duration(tr.get("train_time_s")), "epochs": tr.get("epochs_run"),
                          "kept_epoch": kept_epoch(tr), "mean_accuracy": s.get("mean_accuracy"),
                          "majority": s.get("mean_majority_accuracy"), "macro_f1": s.get("mean_macro_f1"),
-                         "mA": s.get("mA"), "mAP": reid.get("mAP"), "rank1": reid.get("rank1"),
+                         "mA": s.get("mA"), "instance_f1": s.get("instance_f1"),
+                         "mAP": reid.get("mAP"), "rank1": reid.get("rank1"),
                          "command": next(iter(_reproduce(rf)), ("", None))[1],
                          "notes": rf.notes})
     histories = [rf.history or [] for rf in runs]

@@ -1,5 +1,6 @@
 """What a search optimises: the user's objective (``age.accuracy``, a mean of several, a metric
-computed after each trial such as ``mA`` or ``reid_mAP``) -> the metric keras-tuner records."""
+computed after each trial such as ``mA``, ``instance_f1`` or ``reid_mAP``) -> the metric keras-tuner
+records."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ _TASK_METRICS = {"accuracy": "accuracy", "acc": "accuracy", "xent": "xent", "los
 _POST_SUFFIXES = ("_macro_f1",)
 _GLOBAL_SHORT = {"loss": "val_loss", "masked_loss": "val_masked_loss", "ma": "mA", "map": "reid_mAP",
                  "reid_map": "reid_mAP", "rank1": "reid_rank1", "reid_rank1": "reid_rank1",
-                 "mean_accuracy": "mean_accuracy", "mean_macro_f1": "mean_macro_f1", "mean_f1": "mean_macro_f1"}
+                 "mean_accuracy": "mean_accuracy", "mean_macro_f1": "mean_macro_f1", "mean_f1": "mean_macro_f1",
+                 "instance_f1": "instance_f1"}
+# computed after each trial from the validation predictions (mtl.metrics.evaluate_attributes' summary)
+POST_TRIAL = ("mA", "instance_f1", "reid_mAP", "reid_rank1", "mean_accuracy", "mean_macro_f1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Objective:
 
 
 def is_post_trial(metric: str) -> bool:
-    return metric in ("mA", "reid_mAP", "reid_rank1", "mean_accuracy", "mean_macro_f1") or \
+    return metric in POST_TRIAL or \
         metric.endswith(_POST_SUFFIXES)
 
 
@@ -58,7 +62,7 @@ def objective_metrics(tasks: Sequence[TaskSpec]) -> list[str]:
     attributes = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
     names = ["val_loss"]
     if attributes:
-        names += ["val_masked_loss", "mean_accuracy", "mean_macro_f1"]
+        names += ["val_masked_loss", "mean_accuracy", "mean_macro_f1", "instance_f1"]
     for t in attributes:
         names += [f"val_{t}_accuracy", f"val_{t}_xent", f"val_{t}_macro_f1"]
     if any(t.kind == BINARY for t in tasks):
@@ -77,7 +81,7 @@ def resolve_objective(text: str, tasks: Sequence[TaskSpec],
     """Turn the user's objective into the metric keras-tuner optimises.
 
     Accepted: a logged name (``val_age_accuracy``), a short one (``age.accuracy``, ``age.xent``,
-    ``masked_loss``), a post-trial one (``mA``, ``reid_mAP``, ``age.f1``, ``mean_accuracy``),
+    ``masked_loss``), a post-trial one (``mA``, ``instance_f1``, ``reid_mAP``, ``age.f1``, ``mean_accuracy``),
     an alias standing for several tasks (``color.accuracy`` -> mean over upcolor and downcolor),
     and a mean of several (``age.accuracy,gender.accuracy`` or ``mean(age.accuracy,gender.accuracy)``).
 

@@ -11,13 +11,15 @@ import numpy as np
 import pandas as pd
 
 from mtl.config import save_config
-from mtl.metrics import evaluate_task, summarize
+from mtl.metrics import evaluate_attributes
 from mtl.rundir import BEST_CONFIG, TRIALS, TUNING_JSON, RunDir
 from mtl.tuning.hypermodel import MtlHyperModel
 from mtl.tuning.objective import Objective
 from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
 from mtl.tuning.space import hp_values
 
+# the summary metrics an objective can name that have a majority baseline
+_BASELINE_SUMMARY = ("mean_accuracy", "mean_macro_f1", "mA", "instance_f1")
 _FIRST_COLUMNS = ("trial", "status", "objective", "majority_baseline", "trial_seconds", "epochs_run", "best_epoch")
 
 
@@ -31,14 +33,14 @@ def trial_number(trial_id: str, position: int) -> int:
 def majority_metrics(val: pd.DataFrame, tasks: Sequence[TaskSpec]) -> dict[str, float]:
     """What always answering each task's most frequent validation class scores, under the names the
     objective uses (``val_<task>_accuracy``, ``val_<task>_macro_f1``, ``mean_accuracy``,
-    ``mean_macro_f1``, ``mA``): the baseline a trial's objective must beat. Losses and
-    re-identification metrics have none.
+    ``mean_macro_f1``, ``mA``, ``instance_f1``): the baseline a trial's objective must beat. Losses
+    and re-identification metrics have none.
 
     Args:
         val: the validation table (a column of class indices per attribute task, -1 = missing).
         tasks: the search's tasks.
     """
-    results = {}
+    labels, constants, specs = {}, {}, []
     for spec in tasks:
         if spec.kind not in (BINARY, CATEGORICAL) or spec.name not in val:
             continue
@@ -48,11 +50,13 @@ def majority_metrics(val: pd.DataFrame, tasks: Sequence[TaskSpec]) -> dict[str, 
             continue
         constant = np.zeros((len(y), spec.num_classes), np.float32)
         constant[:, np.bincount(labelled, minlength=spec.num_classes).argmax()] = 1.0
-        results[spec.name] = evaluate_task(y, constant, spec)
+        labels[spec.name], constants[spec.name] = y, constant
+        specs.append(spec)
+    evaluated = evaluate_attributes(labels, constants, specs)
     out = {}
-    for name, r in results.items():
+    for name, r in evaluated["tasks"].items():
         out[f"val_{name}_accuracy"], out[f"val_{name}_macro_f1"] = r["accuracy"], r["macro_f1"]
-    out.update({k: v for k, v in summarize(results).items() if k != "mean_majority_accuracy" and v is not None})
+    out.update({k: v for k, v in evaluated["summary"].items() if k in _BASELINE_SUMMARY and v is not None})
     return out
 
 
