@@ -75,6 +75,9 @@ class DataConfig:
                                   "val_fraction)")
     # a task-set study fixes it so that every task set is trained and validated on the same images
     stratify: str | None = _key(None, "tasks the train/validation split is stratified on; null: the trained tasks")
+    junk_fraction: float = _key(0.0, "share of each training batch replaced by random zoomed-in crops (10-30% of "
+                                     "the image) labelled junk in an auxiliary junk output; retrieval then drops "
+                                     "gallery images predicted junk (report 003); 0: off")
 
 
 @dataclass(frozen=True)
@@ -483,6 +486,7 @@ RULES: dict[str, Rule] = {
     "data.max_images": _at_least(0),
     "data.val_identities": _at_least(0),
     "data.stratify": _names(optional=True),
+    "data.junk_fraction": _interval(0, 1, high_open=True),
     "augment.flip": _anything,
     "augment.pad_crop": _at_least(0),
     "augment.color_jitter": _interval(0, 1),

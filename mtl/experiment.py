@@ -28,7 +28,7 @@ from mtl.data.prepare import PreparedData, datasets, prepare_data, uses_pk_sampl
 from mtl.errors import DataError
 from mtl.io import ensure_writable, folder_lock
 from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, TENSORBOARD, DataInfo, ModelInfo, RunDir, clear, plan
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY
+from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, JUNK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def data_args(cfg: Config) -> dict:
     d = cfg.data
     return {"root": d.path, "format": d.format, "tasks": cfg.tasks, "rare_threshold": d.rare_threshold,
             "max_images": d.max_images, "split_seed": d.split_seed, "val_fraction": d.val_fraction,
-            "val_identities": d.val_identities, "stratify": d.stratify}
+            "val_identities": d.val_identities, "stratify": d.stratify, "junk": d.junk_fraction > 0}
 
 
 def dataset_args(cfg: Config, repeat: bool = False) -> dict:
@@ -50,7 +50,8 @@ def dataset_args(cfg: Config, repeat: bool = False) -> dict:
             "augment": {"flip": a.flip, "pad_crop": a.pad_crop, "color_jitter": a.color_jitter,
                         "random_erasing": a.random_erasing},
             "sampler": t.sampler, "p_identities": t.p_identities, "k_images": t.k_images,
-            "center_loss": t.center_loss > 0, "cache": cfg.data.cache, "seed": t.seed, "repeat": repeat}
+            "center_loss": t.center_loss > 0, "cache": cfg.data.cache, "seed": t.seed, "repeat": repeat,
+            "junk_fraction": cfg.data.junk_fraction}
 
 
 def model_kwargs(cfg: Config) -> dict:
@@ -95,8 +96,9 @@ def steps_per_epoch(cfg: Config, data: PreparedData) -> tuple[int, bool]:
 def class_weights_for(data: PreparedData) -> dict:
     from mtl.losses import inverse_frequency_weights
 
+    # junk: its training labels are made per batch (data.junk_fraction), not the table's zeros
     return {t.name: inverse_frequency_weights(data.train[t.name].to_numpy(), t.num_classes)
-            for t in data.tasks if t.kind in (BINARY, CATEGORICAL)}
+            for t in data.tasks if t.kind in (BINARY, CATEGORICAL) and t.name != JUNK}
 
 
 # ---------------------------------------------------------------------------------------------

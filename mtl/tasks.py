@@ -22,6 +22,14 @@ CATEGORICAL = "categorical"
 IDENTITY = "identity"
 KINDS = (BINARY, CATEGORICAL, IDENTITY)
 
+# Auxiliary tasks (report 003): trained beside the attributes to shape the trunk or to filter
+# retrieval, never part of ``all`` nor of the course deliverables. ``camera`` is asked for by name
+# (``--tasks ...,camera``) and labelled from the file names; ``junk`` is added by
+# ``data.junk_fraction`` (random zoomed-in crops of training images, ``mtl.data.pipeline.add_junk``).
+CAMERA = "camera"
+JUNK = "junk"
+AUXILIARY = (CAMERA, JUNK)
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -56,6 +64,34 @@ class TaskSpec:
         return cls(name=d["name"], classes=tuple(d["classes"]), kind=d.get("kind", CATEGORICAL))
 
 
+def camera_task(cameras: Iterable[int]) -> TaskSpec:
+    """The auxiliary camera-classification task of images whose file names give the camera.
+
+    The class index is the camera number as written in the file name (``0002_c3_...`` -> class
+    ``c3``, index 3), so a source table's ``camera`` column is the task's label column as it is
+    (``-1`` = unknown); Market-1501 numbers cameras from 1, so its class ``c0`` is never used.
+
+    Args:
+        cameras: camera numbers of the labelled images (``< 0``: unknown, ignored).
+
+    Returns:
+        A categorical ``camera`` task with classes ``c0 .. c<largest camera>``.
+
+    Raises:
+        ValueError: no known camera.
+    """
+    known = [int(c) for c in cameras if int(c) >= 0]
+    if not known:
+        raise ValueError("no known camera number")
+    return TaskSpec(CAMERA, tuple(f"c{i}" for i in range(max(known) + 1)), CATEGORICAL)
+
+
+def junk_task() -> TaskSpec:
+    """The auxiliary binary ``junk`` task: class 1 for a random zoomed-in crop made in training
+    (``data.junk_fraction``), class 0 for every real image."""
+    return TaskSpec(JUNK, ("person", "junk"), BINARY)
+
+
 def attribute_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
     """The attribute tasks (binary and categorical) among ``tasks``, in their order: the ones with
     class probabilities (the identity task has an embedding instead)."""
@@ -70,8 +106,9 @@ def resolve(
 ) -> list[TaskSpec]:
     """Turn user task names (``"age,color"``) into the dataset's task specs, in table order.
 
-    ``all`` (or ``None``) selects every attribute task of the table (``identity`` must be
-    named); ``aliases`` maps a short name to several tasks (``color`` -> ``upcolor, downcolor``).
+    ``all`` (or ``None``) selects every attribute task of the table (``identity`` and the
+    auxiliary tasks of ``AUXILIARY`` must be named); ``aliases`` maps a short name to several
+    tasks (``color`` -> ``upcolor, downcolor``).
 
     Args:
         names: a comma-separated string or a list of names; ``None`` means ``all``.
@@ -99,8 +136,9 @@ def resolve(
         if not name:
             continue
         if name == "all":
-            # identity is a different problem (retrieval): it is asked for by name
-            expanded: Iterable[str] = [n for n, s in table.items() if s.kind != IDENTITY]
+            # identity is a different problem (retrieval), camera an auxiliary task: asked for by name
+            expanded: Iterable[str] = [n for n, s in table.items()
+                                       if s.kind != IDENTITY and n not in AUXILIARY]
         elif name in aliases:
             expanded = aliases[name]
         elif name in table:

@@ -31,6 +31,9 @@ Course deliverables of a Market-1501 course-layout folder (only test/ and querie
                            test/ image at distance <= the threshold, best first, at least the nearest
                            one, at most --top; auto: the threshold the run chose on its held-out people
                            (metrics.json reid.threshold, with its cross-validated F1).
+                           A run trained with data.junk_fraction > 0 leaves out of the gallery the test/
+                           images it predicts junk (P(junk) > --junk-threshold, default 0.5; report
+                           003); the command prints how many.
   Written into --out (default: the run directory). Retrieval uses the run's identity embedding
   (BN-neck output), or the pooled trunk features of a run without the identity task; distances are
   computed a block of queries at a time (re-ranking, when asked, holds one queries x gallery matrix).
@@ -80,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
                    help="deliverables: list every test/ image at distance <= this per query (best first, at least "
                         "the nearest one, at most --top); auto: the threshold the run chose on its held-out people "
                         "to maximise F1 (metrics.json reid.threshold); none (default): the fixed --top images")
+    p.add_argument("--junk-threshold", type=float,
+                   help="deliverables, a run with the junk output (data.junk_fraction > 0): test/ images with "
+                        "P(junk) above this are left out of reid_test.txt (default 0.5)")
     return p
 
 
@@ -94,11 +100,14 @@ def main(argv=None) -> int:
         raise DataError(f"--top must be >= 1, got {args.top}")
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.junk_threshold is not None and not 0 <= args.junk_threshold <= 1:
+        raise DataError(f"--junk-threshold must be in [0, 1], got {args.junk_threshold}")
     args.reid_threshold = parse_reid_threshold(args.reid_threshold)
     if args.images:
         given = [flag for flag, value in (("--top", args.top), ("--distance", args.distance),
                                           ("--rerank", args.rerank),
-                                          ("--reid-threshold", args.reid_threshold is not None)) if value]
+                                          ("--reid-threshold", args.reid_threshold is not None),
+                                          ("--junk-threshold", args.junk_threshold is not None)) if value]
         if given:
             raise DataError(f"{', '.join(given)}: only for the course deliverables (--data), not with --images")
         return predict_any_images(args)
@@ -146,7 +155,9 @@ def write_deliverables(args: argparse.Namespace) -> int:
     from mtl.metrics import class_probabilities
     from mtl.predictions import fill_with_majority
     from mtl.reid.embedding import embedding_layer_name, feature_model
+    from mtl.reid.protocol import JUNK_THRESHOLD, has_junk_output, junk_flags
     from mtl.rundir import load_run
+    from mtl.tasks import JUNK
 
     top, distance = args.top or DEFAULT_TOP, args.distance or "cosine"
     out = Path(args.out) if args.out else Path(args.run)
@@ -174,6 +185,10 @@ def write_deliverables(args: argparse.Namespace) -> int:
     deliverable = set(SCALAR_COLUMNS) | set(COLOR_GROUPS)
     attr_tasks = [t for t in run.tasks if t.name in deliverable]
     layer = embedding_layer_name(run.model)
+    junk = has_junk_output(run.model)
+    if args.junk_threshold is not None and not junk:
+        raise DataError(f"--junk-threshold: the run {args.run} has no junk output "
+                        "(train it with data.junk_fraction > 0)")
     start = time.time()
     for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
         if len(skipped):
@@ -181,8 +196,8 @@ def write_deliverables(args: argparse.Namespace) -> int:
                   + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
 
     print(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}", flush=True)
-    outputs = extract_features(feature_model(run.model, [layer] + [t.name for t in attr_tasks]), gallery["path"],
-                               h, w, batch, desc="test/ images")
+    names = [layer] + [t.name for t in attr_tasks] + ([JUNK] if junk else [])
+    outputs = extract_features(feature_model(run.model, names), gallery["path"], h, w, batch, desc="test/ images")
     if attr_tasks:
         predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
         decoded = ~gallery_all["path"].isin(skipped_gallery["path"]).to_numpy()
@@ -202,6 +217,14 @@ def write_deliverables(args: argparse.Namespace) -> int:
         print(f"{root}: no queries/ images: {REID_FILE} not written")
         return 0
     g_feat = outputs[layer].reshape(len(gallery), -1)
+    if junk:  # the test/ images the run predicts junk are not retrieved (report 003)
+        threshold = JUNK_THRESHOLD if args.junk_threshold is None else args.junk_threshold
+        is_junk = junk_flags(outputs[JUNK], threshold)
+        gallery, g_feat = gallery[~is_junk].reset_index(drop=True), g_feat[~is_junk]
+        print(f"junk: {int(is_junk.sum())} of {len(is_junk)} test/ image(s) predicted junk (P > {threshold:g}) "
+              f"left out of {REID_FILE}", flush=True)
+        if gallery.empty:
+            raise DataError(f"every test/ image is predicted junk (P > {threshold:g}): raise --junk-threshold")
     del outputs
     q_feat = extract_features(feature_model(run.model, [layer]), queries["path"], h, w, batch,
                               desc="queries/ images")[layer].reshape(len(queries), -1)

@@ -264,6 +264,59 @@ def stream_seed(seed: int, stream: int) -> int:
 
 
 AUGMENT_STREAM = 1  # stream_seed(seed, AUGMENT_STREAM): the per-batch augmentation seeds of make_dataset / pk_dataset
+JUNK_STREAM = 2  # folded into a batch's augmentation seed: the junk draws of add_junk
+JUNK_AREA = (0.1, 0.3)  # a junk crop covers this share of the image's area (report 003: "zoom in on some part")
+JUNK_ASPECT = (0.5, 2.0)  # and its height / width ratio is this many times the image's
+
+
+def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float, seed: tf.Tensor,
+             junk: str = "junk") -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Replace a share of a batch by junk images: random zoomed-in crops of its own images (report 003).
+
+    ``round(fraction * B)`` rows, chosen at random, become a crop of their own image covering
+    ``JUNK_AREA`` of it (aspect ``JUNK_ASPECT`` times the image's, uniform position), resized back
+    to the full size: a patch of clothing or background, no whole person. Those rows are labelled
+    ``1`` in the ``junk`` task and ``-1`` (missing) in every other output, the identity ones
+    included, so a junk crop is never an identity class, an anchor or a positive; the other rows
+    keep their labels (``junk`` 0). Every draw is a stateless op keyed by ``seed``.
+
+    Args:
+        images: ``(B, H, W, C)`` float32 images.
+        labels: ``{output: (B, ...) int labels}``; must hold ``junk``.
+        fraction: share of the batch replaced, in [0, 1).
+        seed: ``[2]`` int32/int64 tensor, the batch's seed (``make_dataset`` / ``pk_dataset``).
+        junk: the name of the junk output.
+
+    Returns:
+        ``(images, labels)`` of the same shapes and dtypes.
+    """
+    if junk not in labels:
+        raise ValueError(f"add_junk: the labels have no {junk!r} output")
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    pick_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, JUNK_STREAM), num=2))
+    count = tf.cast(tf.round(fraction * tf.cast(batch, tf.float32)), tf.int32)
+    # the rows of the `count` smallest of B uniform draws: a random subset of exactly that size
+    rank = tf.argsort(tf.argsort(tf.random.stateless_uniform([batch], pick_seed)))
+    is_junk = rank < count
+    rows = tf.cast(tf.where(is_junk)[:, 0], tf.int32)
+    # columns: area share, log aspect, row and column position (fractions of the free range)
+    u = tf.random.stateless_uniform([tf.size(rows), 4], box_seed)
+    area = JUNK_AREA[0] + (JUNK_AREA[1] - JUNK_AREA[0]) * u[:, 0]
+    aspect = tf.exp(np.log(JUNK_ASPECT[0]) + (np.log(JUNK_ASPECT[1]) - np.log(JUNK_ASPECT[0])) * u[:, 1])
+    h = tf.minimum(tf.sqrt(area * aspect), 1.0)
+    w = tf.minimum(tf.sqrt(area / aspect), 1.0)
+    y0, x0 = (1.0 - h) * u[:, 2], (1.0 - w) * u[:, 3]
+    boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)  # normalised [y1, x1, y2, x2]
+    crops = tf.image.crop_and_resize(images, boxes, rows, tf.stack([height, width]))
+    images = tf.tensor_scatter_nd_update(images, rows[:, None], tf.clip_by_value(crops, 0.0, 255.0))
+    out = {}
+    for name, value in labels.items():
+        flag = tf.reshape(is_junk, tf.concat([[batch], tf.ones([tf.rank(value) - 1], tf.int32)], 0))
+        out[name] = tf.where(flag, tf.ones_like(value) if name == junk else -tf.ones_like(value), value)
+    return images, out
 
 
 def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarray]:
@@ -272,7 +325,8 @@ def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarr
 
 def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, height: int, width: int,
                  batch_size: int, training: bool = False, augment: Mapping | None = None,
-                 cache: bool = True, seed: int = 0, repeat: bool = False) -> tf.data.Dataset:
+                 cache: bool = True, seed: int = 0, repeat: bool = False,
+                 junk_fraction: float = 0.0) -> tf.data.Dataset:
     """Build the tf.data pipeline.
 
     Args:
@@ -286,8 +340,12 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
         seed: shuffle and augmentation seed: the same seed gives the same batches, epoch after
             epoch, in any process (each pass reshuffles and re-draws the augmentation, from the seed).
         repeat: repeat forever (for ``steps_per_epoch``).
+        junk_fraction: training: share of each batch replaced by junk crops before the augmentation
+            (``add_junk``; the labels must hold ``junk``); 0: none.
     """
     paths = list(map(str, paths))
+    if junk_fraction > 0 and (labels is None or "junk" not in labels):
+        raise ValueError("junk_fraction > 0 needs labels with a 'junk' output")
     if not paths:
         raise ValueError("no images to build a dataset from")
     ds = tf.data.Dataset.from_tensor_slices(paths)
@@ -322,6 +380,9 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
 
         def do_augment(element, batch_seed):
             images, *rest = element
+            if junk_fraction > 0:  # before the augmentation: junk crops are flipped and jittered too
+                images, labels_batch = add_junk(images, rest[0], junk_fraction, batch_seed)
+                rest = [labels_batch]
             return (augment_batch(images, height, width, seed=batch_seed, **aug), *rest)
 
         ds = ds.map(do_augment, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -22,7 +22,7 @@ from mtl.data.sources.base import SourceData
 from mtl.data.splits import split_by_identity
 from mtl.data.synthetic import ensure_synthetic
 from mtl.errors import ConfigError, DataError
-from mtl.tasks import IDENTITY, TaskSpec
+from mtl.tasks import AUXILIARY, CAMERA, IDENTITY, JUNK, TaskSpec, camera_task, junk_task
 
 SAMPLERS = ("auto", "pk", "random")
 
@@ -54,11 +54,29 @@ def task_names(tasks: str | Sequence[str]) -> list[str]:
 
 def resolve_tasks(names: Sequence[str], source: SourceData) -> tuple[list[TaskSpec], bool]:
     """The attribute tasks named, and whether the identity task is asked for (it is made after the
-    split, from the training identities)."""
+    split, from the training identities).
+
+    ``camera`` (auxiliary, by name only) is the camera of each image as the file names give it
+    (``mtl.tasks.camera_task``); a source without cameras cannot train it.
+
+    Raises:
+        ConfigError: an unknown name, or ``junk`` (made by ``data.junk_fraction``, not named).
+        DataError: ``camera`` asked of a source whose images have no camera.
+    """
     identity_possible = IDENTITY not in source.tasks and bool((source.table["identity"] >= 0).any())
     want_identity = IDENTITY in names and identity_possible
     rest = [n for n in names if n != IDENTITY] if want_identity else list(names)
-    tasks = task_lib.resolve(rest, source.tasks, source.aliases,
+    table = dict(source.tasks)
+    if CAMERA in rest and CAMERA not in table:
+        cameras = source.subset("train")["camera"]
+        if not (cameras >= 0).any():
+            raise DataError(f"task {CAMERA!r} is not available for the {source.name} data in {source.root}: its "
+                            "image file names give no camera")
+        table[CAMERA] = camera_task(cameras)
+    if JUNK in rest and JUNK not in table:
+        raise ConfigError(f"task {JUNK!r} is not chosen with tasks: set data.junk_fraction > 0 (the share of each "
+                          "training batch replaced by zoomed-in crops labelled junk)")
+    tasks = task_lib.resolve(rest, table, source.aliases,
                              also_valid=(IDENTITY,) if identity_possible else ()) if rest else []
     return tasks, want_identity
 
@@ -66,7 +84,7 @@ def resolve_tasks(names: Sequence[str], source: SourceData) -> tuple[list[TaskSp
 def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Sequence[str] = "all",
                  rare_threshold: float = 0.01, max_images: int = 0, split_seed: int = 0,
                  val_fraction: float = 0.2, val_identities: int = 0,
-                 stratify: str | None = None) -> PreparedData:
+                 stratify: str | None = None, junk: bool = False) -> PreparedData:
     """Read the source, resolve the tasks, drop unreadable images and split by identity.
 
     The identity task (``identity`` among ``tasks``) is made after the split: its classes are the
@@ -83,7 +101,10 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
         split_seed: seed of the subset and of the split.
         val_fraction: share of identities held out for validation.
         val_identities: > 0: hold out exactly this many identities (overrides ``val_fraction``).
-        stratify: tasks the split is stratified on (default: the trained tasks).
+        stratify: tasks the split is stratified on (default: the trained tasks but the auxiliary ones).
+        junk: add the auxiliary binary ``junk`` task (``mtl.tasks.junk_task``; training replaces a
+            share of each batch by junk crops, ``datasets(junk_fraction=...)``): every real image
+            is labelled 0 (a ``junk`` column of the splits).
 
     Returns:
         The prepared data.
@@ -104,8 +125,8 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
     if stratify:
         on = [t.name for t in task_lib.resolve(stratify, source.tasks, source.aliases) if t.kind != IDENTITY]
     else:
-        on = [t.name for t in specs if t.kind != IDENTITY]
-        if want_identity and not on:
+        on = [t.name for t in specs if t.kind != IDENTITY and t.name not in AUXILIARY]
+        if not on:
             on = [n for n, t in source.tasks.items() if t.kind != IDENTITY]
     fraction = val_fraction
     if val_identities:
@@ -117,6 +138,11 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
     train, val = split_by_identity(labelled, on, fraction, split_seed)
     if want_identity:
         specs.append(identity_task_for(train))
+    if junk:
+        if JUNK in source.tasks:
+            raise ConfigError(f"data.junk_fraction: the {source.name} data has a task named {JUNK!r} already")
+        specs.append(junk_task())
+        train, val = train.assign(**{JUNK: 0}), val.assign(**{JUNK: 0})  # every real image is a person
     return PreparedData(source, specs, train, val, _skipped_frame(skipped))
 
 
@@ -161,7 +187,7 @@ def uses_pk_sampler(sampler: str, tasks) -> bool:
 
 def datasets(data: PreparedData, height: int, width: int, batch_size: int, augment: Mapping[str, float],
              sampler: str = "auto", p_identities: int = 0, k_images: int = 4, center_loss: bool = False,
-             cache: bool = True, seed: int = 0, repeat: bool = False):
+             cache: bool = True, seed: int = 0, repeat: bool = False, junk_fraction: float = 0.0):
     """Training and validation datasets.
 
     With the identity task, training batches are P x K (``mtl.data.sampler``, infinite: train with
@@ -177,10 +203,18 @@ def datasets(data: PreparedData, height: int, width: int, batch_size: int, augme
         cache: keep decoded images in memory.
         seed: shuffling and augmentation seed.
         repeat: repeat the training data (training with a fixed ``steps_per_epoch``).
+        junk_fraction: share of each training batch replaced by junk crops
+            (``mtl.data.pipeline.add_junk``); needs the ``junk`` task (``prepare_data(junk=True)``).
 
     Returns:
         ``(train_ds, val_ds)``.
+
+    Raises:
+        ConfigError: ``junk_fraction > 0`` without the ``junk`` task among the data's tasks.
     """
+    if junk_fraction > 0 and not any(t.name == JUNK for t in data.tasks):
+        raise ConfigError(f"data.junk_fraction={junk_fraction}: the prepared data has no {JUNK!r} task "
+                          "(prepare_data(junk=True))")
     train_labels = task_labels(data.train, data.tasks, center_loss)
     if uses_pk_sampler(sampler, data.tasks):
         from mtl.data.sampler import pk_dataset, pk_shape
@@ -188,10 +222,11 @@ def datasets(data: PreparedData, height: int, width: int, batch_size: int, augme
         p, k = pk_shape(batch_size, p_identities, k_images)
         identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
         train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, height, width,
-                              dict(augment), seed=seed)
+                              dict(augment), seed=seed, junk_fraction=junk_fraction)
     else:
         train_ds = make_dataset(data.train["path"], train_labels, height, width, batch_size, training=True,
-                                augment=dict(augment), cache=cache, seed=seed, repeat=repeat)
+                                augment=dict(augment), cache=cache, seed=seed, repeat=repeat,
+                                junk_fraction=junk_fraction)
     val_ds = make_dataset(data.val["path"], task_labels(data.val, data.tasks, center_loss), height, width,
                           batch_size, cache=cache)
     return train_ds, val_ds

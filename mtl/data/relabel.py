@@ -26,7 +26,7 @@ import pandas as pd
 from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
 from mtl.errors import DataError
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import AUXILIARY, BINARY, CATEGORICAL, TaskSpec
 
 OTHER = "other"  # the class rare values are grouped into (mtl.data.sources.fashion.OTHER)
 
@@ -117,15 +117,18 @@ def load_for_run(root: str | Path, format: str, run_tasks: Sequence[TaskSpec], r
 
     Returns:
         ``(source, unseen)``: the source, whose ``tasks`` are the run's attribute tasks the data
-        has (the run's specs, in the run's order) and whose table is encoded with them; and per
-        task the number of labelled rows whose value the run has no class for (``relabel``).
+        has but the auxiliary ones (``mtl.tasks.AUXILIARY``; the run's specs, in the run's order)
+        and whose table is encoded with them; and per task the number of labelled rows whose value
+        the run has no class for (``relabel``).
 
     Raises:
         DataError: the folder cannot be read, or (``require_labels``) lacks a task of the run.
     """
     options["rare_threshold"] = 0
     source = load_source(root, format, **options)
-    attribute_tasks = [t for t in run_tasks if t.kind in (BINARY, CATEGORICAL)]
+    # the auxiliary tasks (camera, junk) are the run's own training aids, not labels of the data: left out
+    attribute_tasks = [t for t in run_tasks
+                       if t.kind in (BINARY, CATEGORICAL) and t.name not in AUXILIARY]
     missing = [t.name for t in attribute_tasks if t.name not in source.tasks]
     if missing and require_labels:
         raise DataError(f"{root} has no labels for the run's tasks {', '.join(missing)} "

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mtl.data.pipeline import AUGMENT_STREAM, AUTOTUNE, augment_batch, decode_image, stream_seed
+from mtl.data.pipeline import AUGMENT_STREAM, AUTOTUNE, add_junk, augment_batch, decode_image, stream_seed
 from mtl.errors import ConfigError, DataError
 
 
@@ -82,7 +82,8 @@ def pk_index_dataset(identities: Sequence[int], p: int, k: int, seed: int = 0) -
 
 
 def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identities: Sequence[int], p: int, k: int,
-               height: int, width: int, augment: Mapping | None = None, seed: int = 0) -> tf.data.Dataset:
+               height: int, width: int, augment: Mapping | None = None, seed: int = 0,
+               junk_fraction: float = 0.0) -> tf.data.Dataset:
     """Infinite training dataset of P x K batches: ``(images (P*K, h, w, 3), {task: (P*K,)})``.
 
     Images are decoded from disk on every draw (small crops decode in well under a millisecond;
@@ -96,6 +97,8 @@ def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identitie
         p, k, seed: see ``pk_index_dataset``; ``seed`` also keys the augmentation.
         height, width: model input size.
         augment: keyword arguments of ``mtl.data.pipeline.augment_batch``.
+        junk_fraction: share of each batch replaced by junk crops before the augmentation
+            (``mtl.data.pipeline.add_junk``; ``labels`` must hold ``junk``); 0: none.
     """
     paths_t = tf.constant(list(map(str, paths)))
     labels_t = {name: tf.constant(np.asarray(v, dtype=np.int32)) for name, v in labels.items()}
@@ -107,8 +110,11 @@ def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identitie
 
     def augment(step, batch):
         images, labels_batch = batch
+        batch_seed = tf.stack([augment_seed, step])
+        if junk_fraction > 0:  # junk rows lose their identity: the P x K groups keep K - (junk) images
+            images, labels_batch = add_junk(images, labels_batch, junk_fraction, batch_seed)
         # stateless augmentation of the whole batch keyed by (seed, batch number): the same in any parallelism
-        return augment_batch(images, height, width, seed=tf.stack([augment_seed, step]), **aug), labels_batch
+        return augment_batch(images, height, width, seed=batch_seed, **aug), labels_batch
 
     ds = pk_index_dataset(identities, p, k, seed).unbatch()
     # deterministic map keeps the order, so each batch of P*K is exactly one sampled group

@@ -38,7 +38,7 @@ from mtl.metrics import class_probabilities, evaluate_task, summarize
 from mtl.reid.distance import (attribute_distance, combine_multiplicative, combine_weighted, cosine_distance,
                                euclidean_distance)
 from mtl.reid.evaluate import evaluate_rank
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import BINARY, CATEGORICAL, JUNK, TaskSpec
 
 DISTANCES = ("cosine", "euclidean")
 IMAGE_CHOICES = ("auto", "val", "unseen", "all")
@@ -55,6 +55,9 @@ CMC_RANKS = 20  # length of the CMC curve stored in metrics
 EXAMPLE_QUERIES = 9
 EXAMPLE_TOP = 10
 NO_CAMERAS = "not applicable (products have no camera views)"
+# a gallery image whose junk probability is above this is left out of the ranking (report 003),
+# for a model trained with data.junk_fraction > 0 (its ``junk`` output)
+JUNK_THRESHOLD = 0.5
 ONE_CAMERA = "skipped (no identity is seen by two cameras)"
 
 
@@ -141,6 +144,16 @@ def no_ranking_reason(table: pd.DataFrame) -> str:
     """
     cameras = table["camera"] if "camera" in table else pd.Series([], dtype=int)
     return NO_CAMERAS if not (pd.to_numeric(cameras, errors="coerce") >= 0).any() else ONE_CAMERA
+
+
+def has_junk_output(model) -> bool:
+    """Whether ``model`` has the auxiliary ``junk`` output (trained with ``data.junk_fraction > 0``)."""
+    return any(layer.name == JUNK for layer in model.layers)
+
+
+def junk_flags(probabilities, threshold: float = JUNK_THRESHOLD) -> np.ndarray:
+    """``(N,)`` bool: the images whose ``junk`` output (P(junk), ``(N,)`` or ``(N, 1)``) is above ``threshold``."""
+    return np.asarray(probabilities, np.float32).reshape(len(probabilities), -1)[:, -1] > threshold
 
 
 # === Metrics ===
@@ -359,8 +372,13 @@ def evaluate_embeddings(q_feat, g_feat, q_ids, g_ids, q_cams, g_cams, distance: 
 def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gallery: pd.DataFrame, height: int,
                       width: int, batch_size: int = 64, distance: str = "cosine", rerank: str = "auto",
                       attr_weight: float | None = None, attr_alpha: float | None = None,
-                      attributes: bool = True, examples: int = 0) -> dict:
+                      attributes: bool = True, examples: int = 0,
+                      junk_threshold: float = JUNK_THRESHOLD) -> dict:
     """Evaluate a model on labelled query / gallery images with one pass of feature extraction.
+
+    A model with the ``junk`` output (``data.junk_fraction``) ranks only the gallery images it
+    does not predict junk (P(junk) > ``junk_threshold`` are dropped, as report 003 filtered its
+    retrievals); ``reid`` then holds ``junk_dropped`` (how many) and ``junk_threshold``.
 
     Args:
         model: the trained multi-task model; its descriptor is ``embedding`` (or ``pool``
@@ -372,6 +390,7 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
         attributes: also compute attribute metrics on the query and gallery images together.
         examples: also return this many ranked retrieval examples of the plain distance
             (:func:`retrieval_examples`, the content of ``reid_examples.json``); 0: none.
+        junk_threshold: see above (only for a model with the ``junk`` output).
 
     Returns:
         ``{"reid": evaluate_embeddings result plus "feature_layer", "attributes": {"tasks",
@@ -392,7 +411,9 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
                         "metrics asked for")
     layer = embedding_layer_name(model)
     needs_attr = attr_tasks and (attributes or attr_weight is not None or attr_alpha is not None)
+    junk = ranking and has_junk_output(model)
     names = ([layer] if ranking else []) + ([t.name for t in attr_tasks] if needs_attr else [])
+    names += [JUNK] if junk and JUNK not in names else []
     both = pd.concat([query, gallery], ignore_index=True)
     outputs = extract_features(feature_model(model, names), both["path"], height, width, batch_size,
                                desc=f"extracting features of {len(both)} images")
@@ -401,14 +422,20 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
     result = {}
     if ranking:
         feats = outputs[layer].reshape(len(both), -1)
+        # the gallery the ranking sees: without the images the model predicts junk
+        kept = ~junk_flags(outputs[JUNK][nq:], junk_threshold) if junk else np.ones(len(gallery), bool)
+        g_rows = nq + np.flatnonzero(kept)
+        ranked = gallery[kept].reset_index(drop=True)
         reid = evaluate_embeddings(
-            feats[:nq], feats[nq:], query["identity"].to_numpy(), gallery["identity"].to_numpy(),
-            query["camera"].to_numpy(), gallery["camera"].to_numpy(), distance, rerank,
-            None if attr is None else attr[:nq], None if attr is None else attr[nq:], attr_weight, attr_alpha)
+            feats[:nq], feats[g_rows], query["identity"].to_numpy(), ranked["identity"].to_numpy(),
+            query["camera"].to_numpy(), ranked["camera"].to_numpy(), distance, rerank,
+            None if attr is None else attr[:nq], None if attr is None else attr[g_rows], attr_weight, attr_alpha)
         result["reid"] = {"feature_layer": layer, **reid}
+        if junk:
+            result["reid"] |= {"junk_dropped": int((~kept).sum()), "junk_threshold": float(junk_threshold)}
         if examples > 0:
-            result["examples"] = retrieval_examples(feature_distance(feats[:nq], feats[nq:], distance), query,
-                                                    gallery, queries=examples)
+            result["examples"] = retrieval_examples(feature_distance(feats[:nq], feats[g_rows], distance), query,
+                                                    ranked, queries=examples)
     if attributes and attr_tasks:
         per_task = {t.name: evaluate_task(both[t.name].to_numpy(), class_probabilities(outputs[t.name], t), t)
                     for t in attr_tasks if t.name in both.columns}
@@ -417,19 +444,20 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
 
 
 def evaluate_holdout(model, table: pd.DataFrame, height: int, width: int, batch_size: int = 64, seed: int = 0,
-                     distance: str = "cosine", rerank: str = "auto") -> dict:
+                     distance: str = "cosine", rerank: str = "auto", junk_threshold: float = JUNK_THRESHOLD) -> dict:
     """Re-identification metrics on held-out labelled people (e.g. the validation split of ``train``).
 
     The table is split into one query per identity and camera and a gallery
-    (``query_gallery_split``); returns the ``reid`` part of ``evaluate_labelled``, or
-    ``{"skipped": reason}`` when no query can be formed.
+    (``query_gallery_split``); returns the ``reid`` part of ``evaluate_labelled`` (with
+    ``junk_dropped`` for a model with the ``junk`` output: gallery images above
+    ``junk_threshold`` are not ranked), or ``{"skipped": reason}`` when no query can be formed.
     """
     query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
     if query.empty or gallery.empty:
         return {"skipped": "no held-out identity is seen by two cameras"}
     try:
         return evaluate_labelled(model, [], query, gallery, height, width, batch_size, distance, rerank,
-                                 attributes=False)["reid"]
+                                 attributes=False, junk_threshold=junk_threshold)["reid"]
     except MtlError:
         raise
     except ValueError as exc:  # evaluate_rank: no query has a match left after the same-camera rule

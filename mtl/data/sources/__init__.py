@@ -65,7 +65,7 @@ def describe_tasks(source: SourceData) -> str:
         Lines naming the format and folder, one line per task (``name  kind  N classes: a, b, ...``),
         the aliases, ``all``, and ``identity`` when the labelled images carry identities.
     """
-    from mtl.tasks import IDENTITY
+    from mtl.tasks import CAMERA, IDENTITY, camera_task
 
     labelled = source.subset("train")
 
@@ -80,6 +80,10 @@ def describe_tasks(source: SourceData) -> str:
     if IDENTITY not in source.tasks and ids.nunique() >= 2 and ids.value_counts().median() >= 2:
         rows.append((IDENTITY, IDENTITY, f"re-identification: the training split's identities are its classes "
                                          f"({ids.nunique()} identities labelled); only by name, all leaves it out"))
+    cameras = labelled["camera"]
+    if CAMERA not in source.tasks and (cameras >= 0).any():  # the rule of mtl.data.prepare.resolve_tasks
+        rows.append((CAMERA, "auxiliary", classes(camera_task(cameras).classes) + " (from the file names; only "
+                                          "by name, all leaves it out)"))
     rows += [(alias, "alias", ", ".join(names)) for alias, names in source.aliases.items()]
     rows.append(("all", "alias", "every attribute task"))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
