@@ -53,6 +53,7 @@ __all__ = ["__version__", "build_model", "load_model", "load_config", "train", "
 # Every module that defines a Keras object registered under "mtl" (tests/test_serialization.py
 # checks that this list covers every register_keras_serializable in the package).
 KERAS_OBJECT_MODULES = (
+    "mtl.models.attention",
     "mtl.models.layers",
     "mtl.losses",
     "mtl.metrics",
