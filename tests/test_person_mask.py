@@ -130,3 +130,100 @@ def test_model_with_mask_starts_as_rgb_trains_and_reloads(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     assert type(loaded.get_layer("mask_fusion")).__name__ == "MaskFusion"
     np.testing.assert_allclose(loaded.predict(x, verbose=0)["color"], model.predict(x, verbose=0)["color"], atol=1e-5)
+
+
+# --- the option end to end: config -> training -> model.keras -> evaluate / predict / export -------------------
+
+class _BrightIsPerson:
+    """A stand-in segmenter (the real model is an optional install): 255 where the image is bright."""
+
+    def __init__(self, model, threads=1):
+        pass
+
+    def __call__(self, image):
+        return np.where(image.mean(axis=-1) > 96, 255, 0).astype(np.uint8)
+
+
+def test_person_mask_config_key():
+    from mtl.config import build_config
+    from mtl.errors import ConfigError
+    from mtl.experiment import input_channels, model_kwargs
+
+    assert build_config().data.person_mask is None and model_kwargs(build_config())["input_shape"][-1] == 3
+    cfg = build_config({"data": {"person_mask": "masks/"}})
+    assert input_channels(cfg) == 4 and model_kwargs(cfg)["input_shape"] == (128, 64, 4)
+    with pytest.raises(ConfigError, match="data.person_mask"):
+        build_config({"data": {"person_mask": " "}})
+
+
+@pytest.fixture(scope="module")
+def mask_run(synthetic_root, tmp_path_factory):
+    from conftest import tiny_config
+    from mtl.experiment import train
+
+    folder = tmp_path_factory.mktemp("masks") / "m"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(masks, "PersonSegmenter", _BrightIsPerson)
+    mp.setattr(masks, "find_model", lambda path=None: path)
+    try:
+        counts = masks.write_masks(synthetic_root, folder)
+    finally:
+        mp.undo()
+    out = tmp_path_factory.mktemp("runs") / "mask"
+    cfg = tiny_config(synthetic_root, {"data": {"person_mask": str(folder)}}, tasks="identity,gender",
+                      model={"embedding_dim": 16}, train={"epochs": 1, "batch_size": 16, "steps_per_epoch": 2})
+    return out, folder, counts, train(cfg, out, log=None)
+
+
+@pytest.mark.slow  # a whole run: train (P x K batches with masks), evaluate, predict
+def test_run_with_person_mask_trains_reloads_and_evaluates(mask_run, synthetic_root, tmp_path):
+    import json
+
+    import keras
+
+    from mtl.cli import evaluate, export, predict
+    from mtl.errors import ConfigError
+    from mtl.inference import extract_features
+    from mtl.rundir import MODEL, MODEL_JSON
+
+    run, folder, counts, metrics = mask_run
+    assert counts["written"] > 0 and counts["unreadable"] == 0
+    # the held-out evaluation of train ran on 4-channel inputs
+    assert "gender" in metrics["tasks"] and "mAP" in json.dumps(metrics["reid"])
+    info = json.loads((run / MODEL_JSON).read_text())
+    assert info["input_shape"] == [32, 16, 4] and "person_mask" in info["preprocessing"]
+    model = keras.saving.load_model(run / MODEL)
+    assert model.input_shape == (None, 32, 16, 4)
+    assert type(model.get_layer("mask_fusion")).__name__ == "MaskFusion"
+    image = next(iter(sorted((synthetic_root / "test").glob("*.jpg"))))
+    with pytest.raises(DataError, match="person mask as a 4th input channel"):
+        extract_features(model, [image], 32, 16)
+    with_mask = extract_features(model, [image], 32, 16, masks=masks.MaskFolder(str(synthetic_root), str(folder)))
+    assert with_mask["gender"].shape[0] == 1
+
+    assert evaluate.main(["--run", str(run)]) == 0
+    assert "reid" in json.loads((run / "metrics.json").read_text())["evaluation"]
+    with pytest.raises(DataError, match=r"mask\(s\) missing.*mtl-masks"):
+        evaluate.main(["--run", str(run), "--masks", str(tmp_path / "none")])
+
+    out = tmp_path / "deliverables"
+    assert predict.main(["--run", str(run), "--data", str(synthetic_root), "--out", str(out)]) == 0
+    assert (out / "reid_test.txt").is_file() and (out / "classification_test.csv").is_file()
+    with pytest.raises(DataError, match="--images: .*person mask"):
+        predict.main(["--run", str(run), "--images", str(synthetic_root / "test"), "--out", str(tmp_path / "p")])
+    with pytest.raises(ConfigError, match="RGB models only"):
+        export.main(["--run", str(run), "--format", "saved_model", "--out", str(tmp_path / "e")])
+
+
+def test_real_pose_model_when_installed(synthetic_root, tmp_path):
+    """The shipped model (mediapipe 0.10.21's .tflite, an optional install) writes a mask per image."""
+    try:
+        model = masks.find_model()
+        masks._interpreter_class()
+    except DataError as exc:
+        pytest.skip(f"person-mask model not installed: {exc}")
+    images = sorted((synthetic_root / "test").glob("*.jpg"))[:2]
+    assert masks.write_masks(synthetic_root, tmp_path / "m", model, images=images)["written"] == 2
+    for image in images:
+        mask = np.asarray(Image.open(masks.mask_path(image, synthetic_root, tmp_path / "m")))
+        assert mask.shape == np.asarray(Image.open(image)).shape[:2] and mask.dtype == np.uint8

@@ -11,6 +11,7 @@ console script     module                  what it does
 ``mtl-tune``       ``mtl.cli.tune``        hyperparameter search (keras-tuner)
 ``mtl-study``      ``mtl.cli.study``       task-set study: main task alone vs with each auxiliary
 ``mtl-report``     ``mtl.cli.report``      HTML report of a run, search or study (or a comparison)
+``mtl-masks``      ``mtl.cli.masks``       person masks of a data folder (``data.person_mask``), offline
 =================  ======================  ================================================
 
 Each module has ``parser()``, ``main(argv=None) -> int`` (usable in process: returns the exit
@@ -21,6 +22,6 @@ runs the same ``entry`` without installing the package.
 
 from mtl.cli.common import add_common_args, command_line, config_from_args, run_main
 
-COMMANDS = ("train", "evaluate", "predict", "export", "search", "tune", "study", "report")
+COMMANDS = ("train", "evaluate", "predict", "export", "search", "tune", "study", "report", "masks")
 
 __all__ = ["COMMANDS", "add_common_args", "command_line", "config_from_args", "run_main"]

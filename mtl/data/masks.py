@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -152,6 +153,34 @@ def mask_paths(images: Iterable[str | Path], data_root: str | Path, mask_root: s
                         f"e.g. {', '.join(missing[:3])}; write them with mtl-masks --data {data_root} "
                         f"--out {mask_root}")
     return paths
+
+
+@dataclass(frozen=True)
+class MaskFolder:
+    """The person masks of the images under ``data_root``: what inference takes to feed a 4-channel
+    model (``mtl.inference.extract_features(masks=...)``), for any subset or order of those images.
+
+    Attributes:
+        data_root: the data folder the images are under.
+        mask_root: the mask folder (``mtl-masks --data data_root --out mask_root``).
+    """
+
+    data_root: str
+    mask_root: str
+
+    def paths(self, images: Iterable[str | Path]) -> list[str]:
+        """The mask file of each image (``mask_paths``: all checked to exist)."""
+        return mask_paths(images, self.data_root, self.mask_root)
+
+
+def mask_folder(person_mask: str | Path | None, data_root: str | Path) -> MaskFolder | None:
+    """``MaskFolder`` of a run's ``data.person_mask`` for the images under ``data_root``; None without masks.
+
+    Relative folders are taken from the working directory (as ``data.path`` is) and made absolute.
+    """
+    if not person_mask:
+        return None
+    return MaskFolder(os.path.abspath(data_root), os.path.abspath(person_mask))
 
 
 def write_masks(data_root: str | Path, out: str | Path, model: str | Path | None = None,
