@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 from sklearn.metrics import precision_recall_fscore_support
 
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import AUXILIARY, BINARY, CATEGORICAL, TaskSpec
 
 EPSILON = 1e-7
 
@@ -271,9 +271,12 @@ def evaluate_attributes(labels: Mapping[str, np.ndarray], probabilities: Mapping
     specs = [t for t in tasks if t.kind in (BINARY, CATEGORICAL) and t.name in labels and t.name in probabilities]
     results = {t.name: evaluate_task(labels[t.name], probabilities[t.name], t) for t in specs}
     predicted = {t.name: np.asarray(probabilities[t.name]).argmax(axis=1) for t in specs}
-    truth, prediction, names = attribute_matrix({t.name: labels[t.name] for t in specs}, predicted, specs)
+    # the auxiliary tasks (camera, junk) have their own results, but the summary describes the
+    # person's attributes only
+    main = [t for t in specs if t.name not in AUXILIARY]
+    truth, prediction, names = attribute_matrix({t.name: labels[t.name] for t in main}, predicted, main)
     instance = instance_metrics(truth, prediction)
-    summary = summarize(results) | {k: instance[k] for k in INSTANCE_KEYS}
+    summary = summarize({t.name: results[t.name] for t in main}) | {k: instance[k] for k in INSTANCE_KEYS}
     return {"tasks": results, "summary": summary,
             "instance": {"attributes": names, "num_images": instance["num_images"]}}
 

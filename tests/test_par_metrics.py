@@ -142,9 +142,6 @@ def test_training_writes_and_prints_instance_metrics(tiny_run):
     assert not any("instance" in line for line in result_lines(old))
 
 
-@pytest.mark.xfail(strict=True, reason="mtl-evaluate's attribute metrics come from mtl.reid.protocol."
-                   "evaluate_labelled, which must call mtl.metrics.evaluate_attributes (lead's hunk); "
-                   "remove this marker then")
 def test_evaluate_prints_and_writes_instance_metrics(tmp_path, tiny_run, capsys):
     from mtl.cli.evaluate import main as evaluate
 
@@ -187,3 +184,19 @@ def test_instance_f1_is_a_tuning_objective_with_a_majority_baseline():
     # always "no hat", always "adult": images 0 and 1 exactly right, image 2 (hat, teenager) all wrong
     val = pd.DataFrame({"hat": [0, 0, 1], "age": [2, 2, 1]})
     assert majority_metrics(val, tasks)["instance_f1"] == pytest.approx(2 / 3)
+
+
+def test_the_auxiliary_tasks_have_results_but_stay_out_of_the_summary():
+    from mtl.tasks import camera_task, junk_task
+
+    camera, junk = camera_task([1, 2]), junk_task()
+    hat = np.array([0, 1, 1, 0])
+    labels = {"hat": hat, "camera": np.array([1, 2, 1, 2]), "junk": np.zeros(4, int)}
+    # hat predicted right; camera and junk always wrong
+    probabilities = {"hat": class_probabilities(hat.astype(np.float32), HAT),
+                     "camera": np.tile([1.0, 0.0, 0.0], (4, 1)),
+                     "junk": class_probabilities(np.ones(4, np.float32), junk)}
+    result = evaluate_attributes(labels, probabilities, [HAT, camera, junk])
+    assert result["tasks"]["camera"]["accuracy"] == 0.0 and result["tasks"]["junk"]["accuracy"] == 0.0
+    assert result["summary"]["mean_accuracy"] == 1.0 and result["summary"]["mA"] == 1.0
+    assert result["instance"]["attributes"] == ["hat"]

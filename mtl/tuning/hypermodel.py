@@ -110,7 +110,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
                                     cfg.train.batch_size)
         # recorded per trial: the objective's parts and the summary metrics (a readable table)
         available = {**{k: float(v) for k, v in row.items() if k.startswith("val_")}, **post_trial_metrics(metrics)}
-        keep = set(self.objective.parts) | {"val_loss", "val_masked_loss", "mean_accuracy", "mean_macro_f1", "mA"}
+        keep = set(self.objective.parts) | {"val_loss", "val_masked_loss", "mean_accuracy", "mean_macro_f1", "mA", "instance_f1"}
         results = {k: v for k, v in available.items() if k in keep}
         if any(t.kind == IDENTITY for t in self.tasks):
             results.update(reid_metrics(model, self.data.val, cfg))
@@ -134,7 +134,7 @@ def post_trial_metrics(metrics: Mapping) -> dict:
     out = {f"val_{name}_macro_f1": r.get("macro_f1") for name, r in metrics["tasks"].items()}
     summary = metrics["summary"]
     out.update(mean_accuracy=summary.get("mean_accuracy"), mean_macro_f1=summary.get("mean_macro_f1"),
-               mA=summary.get("mA"))
+               mA=summary.get("mA"), instance_f1=summary.get("instance_f1"))
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
