@@ -16,18 +16,44 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from mtl.data.pipeline import AUTOTUNE, decode_image
+from mtl.data.pipeline import AUTOTUNE, decode_image, decode_image_and_mask
 from mtl.errors import DataError
 from mtl.metrics import class_probabilities, evaluate_attributes
 from mtl.progress import progress
 from mtl.tasks import BINARY, CATEGORICAL
 
 
-def image_batches(paths: Sequence[str], height: int, width: int, batch_size: int) -> tf.data.Dataset:
-    """Decoded, resized images in order, batched (no augmentation, no cache, nothing skipped)."""
-    ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
-    ds = ds.map(lambda p: decode_image(p, height, width), num_parallel_calls=AUTOTUNE)
+def image_batches(paths: Sequence[str], height: int, width: int, batch_size: int,
+                  mask_paths: Sequence[str] | None = None) -> tf.data.Dataset:
+    """Decoded, resized images in order, batched (no augmentation, no cache, nothing skipped);
+    with ``mask_paths`` (aligned with ``paths``) the person mask is a 4th channel."""
+    if mask_paths is None:
+        ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
+        ds = ds.map(lambda p: decode_image(p, height, width), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(map(str, mask_paths))))
+        ds = ds.map(lambda p, m: decode_image_and_mask(p, m, height, width), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def input_mask_paths(model: keras.Model, paths: Sequence[str], masks=None) -> list[str] | None:
+    """The person-mask files ``model`` needs for ``paths``: None for an RGB model (``masks`` is then
+    not used), ``masks.paths(paths)`` for a model whose input has 4 channels (``data.person_mask``).
+
+    Args:
+        model: the model (its input's last dimension says whether it takes a mask).
+        paths: the image files.
+        masks: a ``mtl.data.masks.MaskFolder`` (or any object with ``paths(images) -> files``).
+
+    Raises:
+        DataError: a 4-channel model without ``masks``, or a mask file missing.
+    """
+    if model.input_shape[-1] != 4:
+        return None
+    if masks is None:
+        raise DataError("this model takes a person mask as a 4th input channel (trained with data.person_mask) "
+                        "and no mask folder was given: write the masks with mtl-masks and pass them")
+    return masks.paths(paths)
 
 
 class UnreadableImageError(DataError):
@@ -62,7 +88,7 @@ def _inference_function(model: keras.Model):
 
 
 def extract_features(model: keras.Model, paths: Sequence[str], height: int, width: int, batch_size: int = 64,
-                     desc: str = "extracting features", progress_bar=None) -> dict[str, np.ndarray]:
+                     desc: str = "extracting features", progress_bar=None, masks=None) -> dict[str, np.ndarray]:
     """Run ``model`` over images batch by batch; returns ``{output: float32 (N, ...)}``.
 
     The output arrays are allocated once, after the first batch; memory is the outputs plus one
@@ -76,17 +102,20 @@ def extract_features(model: keras.Model, paths: Sequence[str], height: int, widt
         desc: label of the progress bar.
         progress_bar: a bar (``mtl.progress.progress(None, total=...)``) to advance by the images of
             each batch, for one bar over several calls; None: a bar of its own.
+        masks: where the person masks of ``paths`` are (``mtl.data.masks.MaskFolder``), for a model
+            trained with ``data.person_mask`` (4 input channels); not used by an RGB model.
 
     Raises:
         UnreadableImageError: an image cannot be read or decoded (its path is not known to tf.data;
             the batch is). A ``DataError``.
+        DataError: a 4-channel model without ``masks``, or a mask missing (``input_mask_paths``).
     """
     paths = list(map(str, paths))
     if not paths:
         raise DataError("no images to extract features from")
     outputs: dict[str, np.ndarray] = {}
     start = 0
-    batches = image_batches(paths, height, width, batch_size)
+    batches = image_batches(paths, height, width, batch_size, input_mask_paths(model, paths, masks))
     infer = _inference_function(model)
     if progress_bar is None:
         batches = progress(batches, total=math.ceil(len(paths) / batch_size), desc=desc, min_items=10)
@@ -113,7 +142,7 @@ def extract_features(model: keras.Model, paths: Sequence[str], height: int, widt
 
 
 def evaluate_model(model: keras.Model, tasks, table: pd.DataFrame, height: int, width: int,
-                   batch_size: int = 64) -> tuple[dict, pd.DataFrame]:
+                   batch_size: int = 64, masks=None) -> tuple[dict, pd.DataFrame]:
     """Per-task metrics on labelled images, and a table of true / predicted class and confidence
     per image and task (what reports show as examples).
 
@@ -122,13 +151,14 @@ def evaluate_model(model: keras.Model, tasks, table: pd.DataFrame, height: int, 
         tasks: the task specs; identity tasks are left out (see ``mtl.reid.protocol``).
         table: images (``path``, ``identity``, ``camera``) with a label column per task.
         height, width, batch_size: the model's input size and the inference batch.
+        masks: the person masks of a 4-channel model (``extract_features``).
 
     Returns:
         ``({"tasks": {task: metrics}, "summary": ..., "instance": ..., "num_images": N}, predictions
         frame)`` (``mtl.metrics.evaluate_attributes``: the summary holds mA and the instance-based
         accuracy / precision / recall / F1).
     """
-    outputs = extract_features(model, table["path"], height, width, batch_size, desc="predicting")
+    outputs = extract_features(model, table["path"], height, width, batch_size, desc="predicting", masks=masks)
     attributes = [spec for spec in tasks if spec.kind in (BINARY, CATEGORICAL)]
     labels = {spec.name: table[spec.name].to_numpy() for spec in attributes}
     probabilities = {spec.name: class_probabilities(outputs[spec.name], spec) for spec in attributes}

@@ -108,6 +108,15 @@ def decode_image(path: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def decode_image_and_mask(path: tf.Tensor, mask_path: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """``decode_image`` with the person mask (``mtl.data.masks``) as a 4th channel: ``(H, W, 4)`` in [0, 255]."""
+    mask = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
+    mask = tf.cast(mask, tf.float32)
+    mask.set_shape([None, None, 1])
+    mask = tf.image.resize(mask, (height, width), antialias=True)  # an identity at the image's own size
+    return tf.concat([decode_image(path, height, width), tf.clip_by_value(mask, 0.0, 255.0)], axis=-1)
+
+
 def augment_batch(images: tf.Tensor, height: int, width: int, flip: bool = True, pad_crop: int = 0,
                   color_jitter: float = 0.0, random_erasing: float = 0.0, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Training augmentation of a batch of [0, 255] images, each image with its own random draws.
@@ -131,7 +140,9 @@ def augment_batch(images: tf.Tensor, height: int, width: int, flip: bool = True,
     runs of one command differ).
 
     Args:
-        images: ``(B, height, width, 3)`` float32 images in [0, 255].
+        images: ``(B, height, width, 3)`` float32 images in [0, 255]; or ``(B, height, width, 4)``
+            with a person mask last, which is flipped and cropped with its image but never
+            jittered or erased.
         height, width: the image size (and the size of the random crop).
         flip, pad_crop, color_jitter, random_erasing: see ``mtl.config.AugmentConfig``.
         seed: ``[2]`` int32/int64 tensor, one per batch (``make_dataset`` draws it from a seeded
@@ -150,11 +161,13 @@ def augment_batch(images: tf.Tensor, height: int, width: int, flip: bool = True,
         tf.random.experimental.stateless_split(seed, num=5))
     if flip or pad_crop > 0:
         images = _flip_and_crop(images, height, width, batch, flip, pad_crop, flip_seed, crop_seed)
+    # a person-mask channel (4th) takes the geometric changes above, not the colour ones below
+    images, mask = (images[..., :3], images[..., 3:]) if images.shape[-1] == 4 else (images, None)
     if color_jitter > 0:
         images = _color_jitter(images, height, width, batch, color_jitter, jitter_seed)
     if random_erasing > 0:
         images = _random_erase(images, height, width, batch, random_erasing, erase_seed, noise_seed)
-    return images
+    return images if mask is None else tf.concat([images, mask], axis=-1)
 
 
 def augment_image(image: tf.Tensor, height: int, width: int, flip: bool = True, pad_crop: int = 0,
@@ -192,9 +205,10 @@ def _flip_and_crop(images, height, width, batch, flip, pad_crop, flip_seed, crop
         flipped = tf.random.stateless_uniform([batch], flip_seed) < 0.5
         cols = tf.where(flipped[:, None], width - 1 - cols, cols)
     index = rows[:, :, None] * width + cols[:, None, :]  # (B, H, W) into the flattened image
-    flat = tf.reshape(images, [batch, height * width, 3])
+    channels = images.shape[-1]  # 3, or 4 with the person mask: the mask moves with its pixels
+    flat = tf.reshape(images, [batch, height * width, channels])
     out = tf.gather(flat, tf.reshape(index, [batch, height * width]), batch_dims=1)
-    return tf.reshape(out, [batch, height, width, 3])
+    return tf.reshape(out, [batch, height, width, channels])
 
 
 def _color_jitter(images, height, width, batch, strength, seed):
@@ -326,7 +340,7 @@ def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarr
 def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, height: int, width: int,
                  batch_size: int, training: bool = False, augment: Mapping | None = None,
                  cache: bool = True, seed: int = 0, repeat: bool = False,
-                 junk_fraction: float = 0.0) -> tf.data.Dataset:
+                 junk_fraction: float = 0.0, mask_paths: Sequence[str] | None = None) -> tf.data.Dataset:
     """Build the tf.data pipeline.
 
     Args:
@@ -342,19 +356,28 @@ def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, 
         repeat: repeat forever (for ``steps_per_epoch``).
         junk_fraction: training: share of each batch replaced by junk crops before the augmentation
             (``add_junk``; the labels must hold ``junk``); 0: none.
+        mask_paths: person-mask files aligned with ``paths`` (``mtl.data.masks.mask_paths``): images
+            get the mask as a 4th channel (``decode_image_and_mask``), which the augmentation's flip
+            and crop move with the pixels; None: RGB only.
     """
     paths = list(map(str, paths))
+    if mask_paths is not None and len(mask_paths) != len(paths):
+        raise ValueError(f"{len(mask_paths)} mask paths for {len(paths)} images")
     if junk_fraction > 0 and (labels is None or "junk" not in labels):
         raise ValueError("junk_fraction > 0 needs labels with a 'junk' output")
     if not paths:
         raise ValueError("no images to build a dataset from")
-    ds = tf.data.Dataset.from_tensor_slices(paths)
+    # with masks, each element's "path" is the pair [image, mask]
+    ds = tf.data.Dataset.from_tensor_slices(paths if mask_paths is None else
+                                            np.stack([paths, list(map(str, mask_paths))], axis=1))
     if labels is not None:
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(dict(labels))))
     else:
         ds = ds.map(lambda p: (p,))
 
     def decode(p, *rest):
+        if mask_paths is not None:
+            return (decode_image_and_mask(p[0], p[1], height, width), *rest)
         return (decode_image(p, height, width), *rest)
 
     # deterministic=True (the default, spelled out): the order of the decoded images is what the

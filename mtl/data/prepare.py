@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mtl import tasks as task_lib
+from mtl.data.masks import mask_paths
 from mtl.data.pipeline import drop_unreadable, labels_dict, make_dataset
 from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
@@ -187,7 +188,8 @@ def uses_pk_sampler(sampler: str, tasks) -> bool:
 
 def datasets(data: PreparedData, height: int, width: int, batch_size: int, augment: Mapping[str, float],
              sampler: str = "auto", p_identities: int = 0, k_images: int = 4, center_loss: bool = False,
-             cache: bool = True, seed: int = 0, repeat: bool = False, junk_fraction: float = 0.0):
+             cache: bool = True, seed: int = 0, repeat: bool = False, junk_fraction: float = 0.0,
+             person_mask: str | Path | None = None):
     """Training and validation datasets.
 
     With the identity task, training batches are P x K (``mtl.data.sampler``, infinite: train with
@@ -205,28 +207,33 @@ def datasets(data: PreparedData, height: int, width: int, batch_size: int, augme
         repeat: repeat the training data (training with a fixed ``steps_per_epoch``).
         junk_fraction: share of each training batch replaced by junk crops
             (``mtl.data.pipeline.add_junk``); needs the ``junk`` task (``prepare_data(junk=True)``).
+        person_mask: the folder of person masks (``mtl.data.masks``, the data's layout): every
+            image gets its mask as a 4th channel; None: RGB only.
 
     Returns:
         ``(train_ds, val_ds)``.
 
     Raises:
         ConfigError: ``junk_fraction > 0`` without the ``junk`` task among the data's tasks.
+        DataError: a person mask is missing.
     """
     if junk_fraction > 0 and not any(t.name == JUNK for t in data.tasks):
         raise ConfigError(f"data.junk_fraction={junk_fraction}: the prepared data has no {JUNK!r} task "
                           "(prepare_data(junk=True))")
     train_labels = task_labels(data.train, data.tasks, center_loss)
+    train_masks, val_masks = (None, None) if person_mask is None else (
+        mask_paths(split["path"], data.source.root, person_mask) for split in (data.train, data.val))
     if uses_pk_sampler(sampler, data.tasks):
         from mtl.data.sampler import pk_dataset, pk_shape
 
         p, k = pk_shape(batch_size, p_identities, k_images)
         identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
         train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, height, width,
-                              dict(augment), seed=seed, junk_fraction=junk_fraction)
+                              dict(augment), seed=seed, junk_fraction=junk_fraction, mask_paths=train_masks)
     else:
         train_ds = make_dataset(data.train["path"], train_labels, height, width, batch_size, training=True,
                                 augment=dict(augment), cache=cache, seed=seed, repeat=repeat,
-                                junk_fraction=junk_fraction)
+                                junk_fraction=junk_fraction, mask_paths=train_masks)
     val_ds = make_dataset(data.val["path"], task_labels(data.val, data.tasks, center_loss), height, width,
-                          batch_size, cache=cache)
+                          batch_size, cache=cache, mask_paths=val_masks)
     return train_ds, val_ds

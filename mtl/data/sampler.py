@@ -29,7 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mtl.data.pipeline import AUGMENT_STREAM, AUTOTUNE, add_junk, augment_batch, decode_image, stream_seed
+from mtl.data.pipeline import (AUGMENT_STREAM, AUTOTUNE, add_junk, augment_batch, decode_image, decode_image_and_mask,
+                               stream_seed)
 from mtl.errors import ConfigError, DataError
 
 
@@ -83,8 +84,8 @@ def pk_index_dataset(identities: Sequence[int], p: int, k: int, seed: int = 0) -
 
 def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identities: Sequence[int], p: int, k: int,
                height: int, width: int, augment: Mapping | None = None, seed: int = 0,
-               junk_fraction: float = 0.0) -> tf.data.Dataset:
-    """Infinite training dataset of P x K batches: ``(images (P*K, h, w, 3), {task: (P*K,)})``.
+               junk_fraction: float = 0.0, mask_paths: Sequence[str] | None = None) -> tf.data.Dataset:
+    """Infinite training dataset of P x K batches: ``(images (P*K, h, w, 3 or 4), {task: (P*K,)})``.
 
     Images are decoded from disk on every draw (small crops decode in well under a millisecond;
     a per-image cache would not fit random access) and augmented like ``make_dataset`` does.
@@ -99,14 +100,21 @@ def pk_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray], identitie
         augment: keyword arguments of ``mtl.data.pipeline.augment_batch``.
         junk_fraction: share of each batch replaced by junk crops before the augmentation
             (``mtl.data.pipeline.add_junk``; ``labels`` must hold ``junk``); 0: none.
+        mask_paths: person-mask files aligned with ``paths`` (``mtl.data.masks.mask_paths``): a 4th
+            channel (``mtl.data.pipeline.decode_image_and_mask``); None: RGB only.
     """
     paths_t = tf.constant(list(map(str, paths)))
+    if mask_paths is not None and len(mask_paths) != len(paths_t):
+        raise ValueError(f"{len(mask_paths)} mask paths for {len(paths_t)} images")
+    masks_t = tf.constant(list(map(str, mask_paths))) if mask_paths is not None else None
     labels_t = {name: tf.constant(np.asarray(v, dtype=np.int32)) for name, v in labels.items()}
     aug = dict(augment or {})
     augment_seed = tf.constant(stream_seed(seed, AUGMENT_STREAM), tf.int64)
 
     def load(i):
-        return decode_image(paths_t[i], height, width), {name: v[i] for name, v in labels_t.items()}
+        image = (decode_image(paths_t[i], height, width) if masks_t is None
+                 else decode_image_and_mask(paths_t[i], masks_t[i], height, width))
+        return image, {name: v[i] for name, v in labels_t.items()}
 
     def augment(step, batch):
         images, labels_batch = batch

@@ -78,3 +78,30 @@ class GeMPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "p": self.p, "eps": self.eps, "trainable_p": self.trainable_p}
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class MaskFusion(keras.layers.Layer):
+    """A learned 1x1 fusion of RGB plus a person-mask channel into the 3 channels a trunk takes.
+
+    ``out = x @ kernel + bias`` per pixel, with ``kernel`` (4, 3) initialised to the identity on RGB
+    and zero on the mask, and ``bias`` to zero: at first the output is exactly the RGB input, so a
+    pretrained trunk sees the images it was trained on, and the mask's weight is learned from there.
+    The inputs are [0, 255] (the mask too, 255 = person), the scale of the trunk's own input.
+
+    Input ``(N, H, W, 4)``; output ``(N, H, W, 3)``.
+    """
+
+    def build(self, input_shape):
+        if input_shape[-1] != 4:
+            raise ValueError(f"MaskFusion takes RGB + mask (4 channels), got {input_shape[-1]}")
+        identity = keras.initializers.Identity()  # (4, 3): ones on the diagonal, the mask row 0
+        self.kernel = self.add_weight(shape=(4, 3), initializer=identity, name="kernel")
+        self.bias = self.add_weight(shape=(3,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        return ops.matmul(x, ops.cast(self.kernel, self.compute_dtype)) + ops.cast(self.bias, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
