@@ -127,7 +127,14 @@ class TrainConfig:
     freeze_trunk_epochs: int = _key(0, "pretrained trunks: train the heads only for this many epochs first")
     warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up")
     schedule: str = _key("cosine", "learning-rate schedule after the warm-up: cosine, step or constant")
-    step_epochs: int = _key(10, "step schedule: divide the learning rate by 10 every step_epochs")
+    step_epochs: int = _key(10, "step schedule: multiply the learning rate by step_factor every step_epochs")
+    step_factor: float = _key(0.1, "step schedule: the factor of each step (0.1: divide by 10; 0.5: halve, "
+                                   "report 003)")
+    sgd_from_epoch: int = _key(0, "switch to SGD (Nesterov momentum 0.9) after this many epochs of "
+                                  "train.optimizer, the schedule carrying on (report 001: AdamW, then SGD); "
+                                  "0: no switch")
+    sgd_learning_rate: float | None = _key(None, "peak learning rate of SGD after train.sgd_from_epoch; "
+                                                 "null: 10 x learning_rate (SGD needs a larger rate than Adam)")
     patience: int | None = _key(None, "early stopping: epochs without a better validation loss; "
                                       "null: max(6, 1 + sqrt(epochs))")
     keep: str = _key("best", "best: early stopping, keep the lowest-validation-loss epoch; last: the full "
@@ -515,6 +522,9 @@ RULES: dict[str, Rule] = {
     "train.warmup_epochs": _at_least(0),
     "train.schedule": _choice(SCHEDULES),
     "train.step_epochs": _at_least(1),
+    "train.step_factor": _interval(0, 1, low_open=True),
+    "train.sgd_from_epoch": _at_least(0),  # and below epochs, after freeze_trunk_epochs: validate()
+    "train.sgd_learning_rate": _above(0, optional=True),
     "train.patience": _at_least(0, optional=True),
     "train.keep": _choice(KEEP),
     "train.loss_weights": _weights,
@@ -690,6 +700,21 @@ def _get(cfg: Config, key: str) -> Any:
     return value
 
 
+def _check_sgd_switch(train: TrainConfig) -> None:
+    """``train.sgd_from_epoch`` (set): some epochs of each optimizer, and AdamW on the whole network
+    first (report 001): a switch while the trunk is frozen would never train it with AdamW."""
+    where = f"train.sgd_from_epoch={train.sgd_from_epoch}"
+    if train.optimizer == "sgd":
+        raise ConfigError(f"{where}: switches train.optimizer to SGD, but it is sgd already; "
+                          f"set train.optimizer to adam or adamw, or train.sgd_from_epoch=0")
+    if train.sgd_from_epoch >= train.epochs:
+        raise ConfigError(f"{where}: must be below train.epochs={train.epochs} (the epochs from it on use SGD); "
+                          f"0: no switch")
+    if train.sgd_from_epoch <= train.freeze_trunk_epochs:
+        raise ConfigError(f"{where}: must be above train.freeze_trunk_epochs={train.freeze_trunk_epochs} "
+                          f"(the trunk trains with train.optimizer before the switch); 0: no switch")
+
+
 def validate(cfg: Config) -> Config:
     """Check every key of ``cfg``: its type, its choices or range, and the task lists' syntax.
 
@@ -715,6 +740,8 @@ def validate(cfg: Config) -> Config:
             shown = list(value) if isinstance(value, tuple) else value  # as written in YAML or --set
             raise ConfigError(f"{key}={shown!r}: {problem}")
     train = cfg.train
+    if train.sgd_from_epoch:
+        _check_sgd_switch(train)
     # P x K batches (the identity task, unless train.sampler=random): batch-hard triplets need
     # at least two people in a batch, or no negative exists
     if "identity" in task_names(cfg.tasks) and train.sampler != "random":

@@ -35,7 +35,7 @@ from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, E
 from mtl.errors import ConfigError
 from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
 from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
-from mtl.optim import WarmupSchedule, make_optimizer
+from mtl.optim import EpochLearningRate, WarmupSchedule, make_optimizer, phase_optimizer
 from mtl.reid.heads import EMBEDDING
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
@@ -61,6 +61,9 @@ class TrainArgs:
     warmup_epochs: int = 1
     schedule: str = "cosine"
     step_epochs: int = 10
+    step_factor: float = 0.1
+    sgd_from_epoch: int = 0
+    sgd_learning_rate: float | None = None
     patience: int = 6
     keep: str = "best"
     loss_weights: Mapping[str, float] = field(default_factory=dict)
@@ -171,19 +174,27 @@ def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
 
 
 def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs, steps_per_epoch: int,
-                  trainable_trunk: bool = True) -> None:
+                  trainable_trunk: bool = True, sgd_phase: bool = False, initial_step: int = 0) -> None:
     """Compile ``model`` for a training phase: optimizer and schedule of ``args``, the trunk
     frozen or not. The optimizer's slots are made here, eagerly: left to ``fit``, Keras creates
     them inside the traced train step (one conditional per slot variable), which made the first
-    epoch about three times slower to trace."""
+    epoch about three times slower to trace.
+
+    Args:
+        sgd_phase: a phase after ``args.sgd_from_epoch``: SGD (Nesterov momentum 0.9) at
+            ``args.sgd_learning_rate`` instead of ``args.optimizer`` (``mtl.optim.phase_optimizer``).
+        initial_step: the schedule's step at the phase's start (``Phase.initial_step``): the new
+            optimizer's step counter starts there, so the schedule carries on across the switch.
+    """
     from mtl.models.builder import get_trunk
 
-    schedule = WarmupSchedule(args.learning_rate, args.epochs * steps_per_epoch,
+    name, peak = phase_optimizer(args.optimizer, args.learning_rate, sgd_phase, args.sgd_learning_rate)
+    schedule = WarmupSchedule(peak, args.epochs * steps_per_epoch,
                               args.warmup_epochs * steps_per_epoch, args.schedule,
-                              args.step_epochs * steps_per_epoch)
+                              args.step_epochs * steps_per_epoch, args.step_factor)
     trunk = get_trunk(model)
     trunk.trainable = trainable_trunk
-    optimizer = make_optimizer(args.optimizer, schedule, args.weight_decay, args.trunk_lr_multiplier,
+    optimizer = make_optimizer(name, schedule, args.weight_decay, args.trunk_lr_multiplier,
                                [v.path for v in trunk.trainable_variables])
     _check_policy(model, args.mixed_precision)
     compile_losses(model, tasks, optimizer, args.loss_weights, args.class_weights, args.label_smoothing,
@@ -192,6 +203,8 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
     # model.optimizer: the LossScaleOptimizer around ``optimizer`` under mixed_float16 (its own
     # variables made here too)
     model.optimizer.build(model.trainable_variables)
+    if initial_step:  # a restored backup of this phase overwrites it with the saved count
+        model.optimizer.iterations.assign(int(initial_step))
 
 
 @contextlib.contextmanager
@@ -251,10 +264,73 @@ def attribute_loss_weights(tasks: Sequence[TaskSpec], loss_weights: Mapping[str,
 
 def trunk_phases(freeze_trunk_epochs: int, epochs: int, initial_epoch: int = 0) -> list[tuple[int, int, bool]]:
     """The ``(first_epoch, last_epoch, trunk_trainable)`` fit calls of a fine-tuning run: the heads
-    alone for the first ``freeze_trunk_epochs``, then everything; empty phases are left out."""
-    split = max(initial_epoch, min(freeze_trunk_epochs, epochs))
-    phases = [(initial_epoch, split, False), (split, epochs, True)]
-    return [(first, last, trainable) for first, last, trainable in phases if last > first]
+    alone for the first ``freeze_trunk_epochs``, then everything; empty phases are left out
+    (``training_phases`` without an optimizer switch)."""
+    args = TrainArgs(epochs=epochs, freeze_trunk_epochs=freeze_trunk_epochs)
+    return [(p.first, p.last, p.trainable_trunk) for p in training_phases(args, initial_epoch)]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fit call of a run: epochs ``first`` to ``last`` (0-based, ``last`` excluded) with the
+    trunk trainable or frozen, and ``train.optimizer`` or, from ``train.sgd_from_epoch`` on, SGD.
+
+    ``schedule_start``: the epoch at which the phase's learning-rate schedule is at step 0. It is
+    0, and the epoch the trunk unfreezes for the phases after it (the fine-tuning phase gets its
+    own warm-up, as it always did): the optimizer switch does not restart the schedule.
+    """
+
+    first: int
+    last: int
+    trainable_trunk: bool = True
+    sgd: bool = False
+    schedule_start: int = 0
+
+    def initial_step(self, steps_per_epoch: int) -> int:
+        """The schedule's step at the phase's first epoch (``compile_model``'s ``initial_step``)."""
+        return (self.first - self.schedule_start) * int(steps_per_epoch)
+
+
+def training_phases(args: TrainArgs, initial_epoch: int = 0) -> list[Phase]:
+    """The fit calls of a run from ``initial_epoch``: a new phase where the trunk unfreezes
+    (``freeze_trunk_epochs``) and where the optimizer switches to SGD (``sgd_from_epoch``, 0: never).
+
+    Args:
+        args: the training arguments.
+        initial_epoch: the first epoch to train (0-based).
+
+    Returns:
+        The phases in order; empty when ``initial_epoch >= args.epochs``.
+    """
+    unfreeze = min(args.freeze_trunk_epochs, args.epochs)
+    phases: list[Phase] = []
+    for epoch in range(initial_epoch, args.epochs):
+        trainable = epoch >= args.freeze_trunk_epochs
+        sgd = 0 < args.sgd_from_epoch <= epoch
+        last = phases[-1] if phases else None
+        if last is not None and (last.trainable_trunk, last.sgd) == (trainable, sgd):
+            phases[-1] = Phase(last.first, epoch + 1, trainable, sgd, last.schedule_start)
+        else:
+            phases.append(Phase(epoch, epoch + 1, trainable, sgd, unfreeze if trainable else 0))
+    return phases
+
+
+def phase_at(phases: Sequence[Phase], epoch: int) -> Phase | None:
+    """The phase that trains 0-based ``epoch``, or None."""
+    return next((p for p in phases if p.first <= epoch < p.last), None)
+
+
+def _backup_epoch(callbacks: Sequence) -> int:
+    """Epochs finished by the Keras resume backup among ``callbacks`` (0: none, or no backup)."""
+    import json
+
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            # Keras's own metadata file: BackupAndRestore has no public reader of it
+            path = Path(callback._training_metadata_path)
+            if path.is_file():
+                return int(json.loads(path.read_text()).get("epoch", 0))
+    return 0
 
 
 def strategy_for(distribute: str):
@@ -278,7 +354,8 @@ class _EpochRecorder(keras.callbacks.Callback):
 def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | None = None, log=None,
                   images_per_epoch: int | None = None, backup: bool = True) -> list:
     """The engine's callbacks, in the order they must run: the masked / joint loss first (the
-    others read it), stop on NaN, early stopping (``keep="best"``), then with ``paths`` the best
+    others read it), the learning rate of the epoch (``learning_rate``), stop on NaN, early
+    stopping (``keep="best"``), then with ``paths`` the best
     checkpoint, the history file, the resume backup and TensorBoard (``paths.tensorboard``), and
     with ``log`` the compact epoch line (``EpochLine``; ``images_per_epoch`` gives its images/s).
     ``backup=False`` leaves the Keras resume backup out (the custom loop keeps its own)."""
@@ -288,6 +365,7 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
     history = paths.history if paths else None
     callbacks = [MaskedLossLogger(attribute_loss_weights(tasks, args.loss_weights),
                                   embedding_loss_weight(tasks, args.loss_weights)),
+                 EpochLearningRate(),  # after the masked loss: a one-output model's logs are renamed there
                  keras.callbacks.TerminateOnNaN()]
     if args.keep == "best":
         callbacks.append(RunEarlyStopping(monitor=monitor, mode="min", patience=args.patience,
@@ -362,14 +440,22 @@ def train_model(model: keras.Model, tasks: Sequence[TaskSpec], train_ds, val_ds,
     all_callbacks = own + [recorder, *callbacks]
     stopper = next((c for c in own if isinstance(c, RunEarlyStopping)), None)
     start = time.time()
-    for first, last, trainable in trunk_phases(args.freeze_trunk_epochs, args.epochs, initial_epoch):
+    phases = training_phases(args, initial_epoch)
+    # a resumed run skips the phases its backup finished (their optimizer would be built only to be
+    # dropped); a finished run's rerun keeps the last, whose fit restores the kept epoch's weights
+    saved = _backup_epoch(own)
+    phases = [p for p in phases if p.last > saved] or phases[-1:]
+    for phase in phases:
+        first, last = phase.first, phase.last
         with strategy.scope():
-            compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=trainable)
+            compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=phase.trainable_trunk,
+                          sgd_phase=phase.sgd, initial_step=phase.initial_step(steps_per_epoch))
         with warnings.catch_warnings():
             # the first epoch of a dataset of unknown length ends by running out of data: expected
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            # unfreezing the trunk gives the optimizer more variables than the backup saved at the
-            # end of the frozen phase: its weights restore, its (heads-only) moments start afresh
+            # a new phase's optimizer (the trunk unfrozen: more variables; SGD after AdamW: other
+            # slots) does not match the backup saved at the end of the phase before: the weights
+            # restore, the optimizer starts afresh (its step counter at phase.initial_step)
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                       steps_per_epoch=steps_per_epoch if fixed_steps else None, shuffle=False,
@@ -542,13 +628,26 @@ def _fit_custom(model, tasks, train_ds, val_ds, args: TrainArgs, steps_per_epoch
     train_iter = iter(dist_train) if fixed_steps else None
     model.stop_training = False
     start = time.time()
-    for first, last, trainable in trunk_phases(args.freeze_trunk_epochs, args.epochs, start_epoch):
+    saved_phase = phase_at(training_phases(args), saved - 1) if saved else None
+    for phase in training_phases(args, start_epoch):
+        first, last = phase.first, phase.last
+        resuming = checkpoint is not None and saved and first == start_epoch
+        # the optimizer's state carries on within a phase; a new phase (trunk unfrozen, SGD after
+        # AdamW) starts it afresh, its step counter at phase.initial_step
+        same_phase = saved_phase is not None and \
+            (saved_phase.trainable_trunk, saved_phase.sgd) == (phase.trainable_trunk, phase.sgd)
+        if resuming and not same_phase:
+            # the checkpoint reaches the optimizer through the model too, matching its variables by
+            # position: read it with an optimizer of the saved phase's kind, then compile this phase's
+            with strategy.scope():
+                compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=saved_phase.trainable_trunk,
+                              sgd_phase=saved_phase.sgd)
+            checkpoint.restore(model, model.optimizer)
         with strategy.scope():
-            compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=trainable)
-        if checkpoint is not None and saved and first == start_epoch:
-            # the optimizer's state carries on within a phase; a new phase starts it afresh
-            same_phase = (saved - 1 < args.freeze_trunk_epochs) == (not trainable)
-            checkpoint.restore(model, model.optimizer if same_phase else None)
+            compile_model(model, tasks, args, steps_per_epoch, trainable_trunk=phase.trainable_trunk,
+                          sgd_phase=phase.sgd, initial_step=phase.initial_step(steps_per_epoch))
+        if resuming and same_phase:
+            checkpoint.restore(model, model.optimizer)
         loop = _CustomLoop(model, tasks, args, strategy)
         hooks = keras.callbacks.CallbackList([*own, recorder, *callbacks], add_history=False, add_progbar=False,
                                              model=model, epochs=last, verbose=0,

@@ -73,6 +73,7 @@ def train_args(cfg: Config, data: PreparedData | None = None):
         epochs=t.epochs, optimizer=t.optimizer, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         trunk_lr_multiplier=t.trunk_lr_multiplier, freeze_trunk_epochs=t.freeze_trunk_epochs,
         warmup_epochs=t.warmup_epochs, schedule=t.schedule, step_epochs=t.step_epochs,
+        step_factor=t.step_factor, sgd_from_epoch=t.sgd_from_epoch, sgd_learning_rate=t.sgd_learning_rate,
         patience=patience_for(t.epochs, t.patience), keep=t.keep, loss_weights=dict(t.loss_weights),
         class_weights=class_weights_for(data) if t.class_weighting and data is not None else None,
         label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, mixed_precision=t.mixed_precision,

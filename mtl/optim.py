@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules: Adam / AdamW / SGD with a lower learning rate for the
-trunk (fine-tuning a pretrained trunk), and warm-up followed by a cosine, step or constant schedule.
+trunk (fine-tuning a pretrained trunk), warm-up followed by a cosine, step or constant schedule,
+and the optimizer of each training phase (``phase_optimizer``: AdamW first, then SGD, report 001).
 Every class is registered with Keras, so a compiled ``model.keras`` reloads with ``compile=True``.
 """
 
@@ -20,11 +21,20 @@ SCHEDULES = ("cosine", "step", "constant")
 @keras.saving.register_keras_serializable(package="mtl")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from ``base_lr / 10`` over ``warmup_steps``, then cosine decay to 1% of
-    ``base_lr`` at ``total_steps``, or a step decay (x0.1 every ``step_size`` steps), or constant.
+    ``base_lr`` at ``total_steps``, or a step decay (x ``step_factor`` every ``step_size`` steps
+    after the warm-up: 0.1 divides by 10, 0.5 halves as report 003 did), or constant.
+
+    Args:
+        base_lr: the peak learning rate (after the warm-up).
+        total_steps: steps of the whole run (the cosine's end).
+        warmup_steps: steps of the linear warm-up (0: none).
+        kind: cosine, step or constant.
+        step_size: step schedule: steps between two decays (0: constant).
+        step_factor: step schedule: what each decay multiplies the rate by.
     """
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-                 step_size: int = 0):
+                 step_size: int = 0, step_factor: float = 0.1):
         if kind not in SCHEDULES:
             raise ConfigError(f"unknown schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
         self.base_lr = float(base_lr)
@@ -32,6 +42,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = max(0, int(warmup_steps))
         self.kind = kind
         self.step_size = int(step_size)
+        self.step_factor = float(step_factor)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -41,7 +52,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             progress = ops.clip((step - warm) / max(1.0, self.total_steps - warm), 0.0, 1.0)
             lr = base * (0.01 + 0.99 * 0.5 * (1 + ops.cos(math.pi * progress)))
         elif self.kind == "step" and self.step_size > 0:
-            lr = base * ops.power(0.1, ops.floor(ops.maximum(step - warm, 0.0) / self.step_size))
+            lr = base * ops.power(self.step_factor, ops.floor(ops.maximum(step - warm, 0.0) / self.step_size))
         else:
             lr = base * ops.ones_like(step)
         if self.warmup_steps:
@@ -51,7 +62,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "kind": self.kind, "step_size": self.step_size}
+                "kind": self.kind, "step_size": self.step_size, "step_factor": self.step_factor}
 
 
 def _with_trunk_lr(base):
@@ -111,3 +122,49 @@ def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0, trunk_lr
     if name == "sgd":
         return TrunkLRSGD(momentum=0.9, nesterov=True, weight_decay=weight_decay or None, **common)
     raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+# Adam's steps are normalised per parameter (about lr each), SGD's are lr x the gradient: the same
+# training needs a larger SGD rate. 10x is the usual ratio (e.g. Adam 3.5e-4 in the BoT ReID
+# baseline vs SGD 1e-2 - 3.5e-2 in the SGD baselines of ReID and PAR); tied to learning_rate, a
+# search over learning_rate moves both.
+SGD_LR_FACTOR = 10.0
+
+
+def phase_optimizer(optimizer: str, learning_rate: float, sgd_phase: bool = False,
+                    sgd_learning_rate: float | None = None) -> tuple[str, float]:
+    """The optimizer and peak learning rate of a training phase (``train.sgd_from_epoch``).
+
+    Args:
+        optimizer: ``train.optimizer`` (the phases before the switch).
+        learning_rate: ``train.learning_rate``.
+        sgd_phase: a phase after the switch: SGD with Nesterov momentum 0.9.
+        sgd_learning_rate: its peak rate; None: ``SGD_LR_FACTOR`` x ``learning_rate``.
+
+    Returns:
+        ``(name, peak learning rate)`` for ``make_optimizer`` and ``WarmupSchedule``.
+    """
+    if not sgd_phase:
+        return optimizer, float(learning_rate)
+    return "sgd", float(sgd_learning_rate if sgd_learning_rate is not None else SGD_LR_FACTOR * learning_rate)
+
+
+class EpochLearningRate(keras.callbacks.Callback):
+    """Adds ``learning_rate`` to each epoch's logs: the heads' rate at the epoch's first step (the
+    trunk's is ``trunk_lr_multiplier`` x that), read from the optimizer of the phase under way, so
+    the epoch after an optimizer switch shows SGD's rate and the epoch after a step decay shows the
+    decayed one (Keras's TensorBoard writes the rate at the epoch's end instead: the next epoch's).
+    Must come before the callbacks that write the logs (history, the epoch line)."""
+
+    def __init__(self):
+        super().__init__()
+        self._rate = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from mtl.callbacks import current_learning_rate
+
+        self._rate = current_learning_rate(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._rate is not None:
+            logs["learning_rate"] = self._rate
