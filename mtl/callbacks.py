@@ -352,10 +352,31 @@ class EpochLine(_EpochClock):
         accuracies = [float(logs[k]) for k in (f"val_{t}_accuracy" for t in self.attribute_tasks) if k in logs]
         if accuracies:
             parts.append(f"val {'mean ' if len(accuracies) > 1 else ''}accuracy {np.mean(accuracies):.3f}")
-        lr = current_learning_rate(self.model)
+        # the rate of the epoch's first step (EpochLearningRate), not the next epoch's after a decay
+        lr = logs.get("learning_rate")
+        lr = current_learning_rate(self.model) if lr is None else float(lr)
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
         return "  ".join(parts)
+
+
+class EpochLearningRate(keras.callbacks.Callback):
+    """Adds ``learning_rate`` to each epoch's logs: the heads' rate at the epoch's first step (the
+    trunk's is ``trunk_lr_multiplier`` x that), read from the optimizer of the phase under way, so
+    the epoch after an optimizer switch shows SGD's rate and the epoch after a step decay shows the
+    decayed one (Keras's TensorBoard writes the rate at the epoch's end instead: the next epoch's).
+    Must come before the callbacks that write the logs (history, the epoch line)."""
+
+    def __init__(self):
+        super().__init__()
+        self._rate = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._rate = current_learning_rate(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._rate is not None:
+            logs["learning_rate"] = self._rate
 
 
 def format_duration(seconds: float) -> str:

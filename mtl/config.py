@@ -39,6 +39,8 @@ KEEP = ("best", "last")
 DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")  # mtl.distribute.DISTRIBUTE
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies (mtl.engine.precision_policy)
 SAMPLERS = ("auto", "pk", "random")
+LOSS_BALANCING = ("fixed", "uncertainty", "dwa")  # mtl.balancing.LOSS_BALANCING
+CLASS_WEIGHTING = ("none", "inverse", "positive", "confusion")  # mtl.balancing.CLASS_WEIGHTING
 METRIC_LOSSES = ("triplet", "contrastive", "centroid_triplet")  # mtl.reid.losses.METRIC_LOSSES
 TUNERS = ("random", "bayesian", "hyperband")
 MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
@@ -78,6 +80,8 @@ class DataConfig:
     junk_fraction: float = _key(0.0, "share of each training batch replaced by random zoomed-in crops (10-30% of "
                                      "the image) labelled junk in an auxiliary junk output; retrieval then drops "
                                      "gallery images predicted junk (report 003); 0: off")
+    person_mask: str | None = _key(None, "folder of person masks written by mtl-masks (the data's layout, .png): a "
+                                         "4th input channel (report 003); null: RGB only")
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,14 @@ class TrainConfig:
                              "schedule, keep the last epoch")
     loss_weights: dict[str, float] = _key(factory=dict, help="task -> weight of its loss (default 1), "
                                                              "e.g. age:2,gender:0.5")
-    class_weighting: bool = _key(False, "weight classes by inverse frequency (capped)")
+    class_weighting: str = _key("none", "class weights within each attribute's loss: none, inverse (inverse "
+                                        "frequency, capped), positive (binary: w_pos=exp(1-p), w_neg=exp(p), p the "
+                                        "positive ratio, report 001 / DeepMAR; categorical: inverse) or confusion "
+                                        "(updated each epoch: the lowest training recall weighs more, report 003)")
+    loss_balancing: str = _key("fixed", "weights of the task losses: fixed (train.loss_weights), uncertainty "
+                                        "(learnt, Kendall et al. 2018) or dwa (dynamic weight averaging, Liu et "
+                                        "al. 2019); see mtl.balancing")
+    dwa_temperature: float = _key(2.0, "loss_balancing=dwa: softmax temperature (larger: closer to equal weights)")
     label_smoothing: float = _key(0.0, "label smoothing of the attribute tasks' cross-entropy")
     seed: int = _key(0, "seed of the weights, augmentation and batch order")
     # tf.config.experimental.enable_op_determinism
@@ -231,6 +242,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]  # --set model.attention=3 (YAML reads a number): a list of one
         return tuple(_coerce(v, args[0], key) for v in value)
     if origin is dict:
         if isinstance(value, str):
@@ -264,6 +277,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 LEGACY_VALUES: dict[str, dict[Any, Any]] = {
     # train.mixed_precision was a bool (true: float16 compute) before it named the dtype policy
     "train.mixed_precision": {True: "mixed_float16", False: "none"},
+    # train.class_weighting was a bool (true: inverse-frequency class weights)
+    "train.class_weighting": {True: "inverse", False: "none"},
 }
 
 
@@ -494,6 +509,7 @@ RULES: dict[str, Rule] = {
     "data.val_identities": _at_least(0),
     "data.stratify": _names(optional=True),
     "data.junk_fraction": _interval(0, 1, high_open=True),
+    "data.person_mask": _text(optional=True),
     "augment.flip": _anything,
     "augment.pad_crop": _at_least(0),
     "augment.color_jitter": _interval(0, 1),
@@ -528,7 +544,9 @@ RULES: dict[str, Rule] = {
     "train.patience": _at_least(0, optional=True),
     "train.keep": _choice(KEEP),
     "train.loss_weights": _weights,
-    "train.class_weighting": _anything,
+    "train.class_weighting": _choice(CLASS_WEIGHTING),
+    "train.loss_balancing": _choice(LOSS_BALANCING),
+    "train.dwa_temperature": _above(0),
     "train.label_smoothing": _interval(0, 1, high_open=True),
     "train.seed": _at_least(0),
     "train.deterministic": _anything,

@@ -30,12 +30,12 @@ from typing import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLine, HistoryWriter,
-                           MaskedLossLogger, RunEarlyStopping, RunTensorBoard, fit_verbosity)
+from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLearningRate, EpochLine,
+                           HistoryWriter, MaskedLossLogger, RunEarlyStopping, RunTensorBoard, fit_verbosity)
 from mtl.errors import ConfigError
 from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
 from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
-from mtl.optim import EpochLearningRate, WarmupSchedule, make_optimizer, phase_optimizer
+from mtl.optim import WarmupSchedule, make_optimizer, phase_optimizer
 from mtl.reid.heads import EMBEDDING
 from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
 
@@ -69,6 +69,11 @@ class TrainArgs:
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     class_weights: Mapping[str, Sequence[float]] | None = None
     label_smoothing: float = 0.0
+    # mtl.balancing: loss terms weighted by learnt uncertainty or DWA; confusion: class weights
+    # updated each epoch (the other class_weighting modes arrive as class_weights)
+    loss_balancing: str = "fixed"
+    dwa_temperature: float = 2.0
+    class_weighting: str = "none"
     jit_compile: bool = False
     mixed_precision: str = "none"
     steps_per_execution: int = 1
@@ -118,11 +123,12 @@ class FitResult:
 
 
 def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[float]] | None = None,
-                label_smoothing: float = 0.0, identity_options: Mapping | None = None) -> dict:
+                label_smoothing: float = 0.0, identity_options: Mapping | None = None, balancer=None) -> dict:
     """``{output name: loss}`` for the tasks (identity adds its embedding's metric loss).
 
     ``identity_options`` are keyword arguments of ``mtl.reid.losses.identity_losses``
-    (triplet_margin, label_smoothing, center_loss).
+    (triplet_margin, label_smoothing, center_loss). ``balancer``: the model's
+    ``mtl.balancing.LossBalancer`` (``balancing.attach``), which hooks the losses it balances.
     """
     class_weights = class_weights or {}
     losses = {}
@@ -135,7 +141,7 @@ def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[
             from mtl.reid.losses import identity_losses
 
             losses.update(identity_losses(spec, **(identity_options or {})))
-    return losses
+    return balancer.wrap(losses) if balancer is not None else losses
 
 
 def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
@@ -146,8 +152,13 @@ def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
 def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
                    loss_weights: Mapping[str, float] | None = None, class_weights=None, label_smoothing: float = 0.0,
                    jit_compile: bool = False, identity_options: Mapping | None = None,
-                   steps_per_execution: int = 1) -> None:
+                   steps_per_execution: int = 1, loss_balancing: str = "fixed", class_weighting: str = "none",
+                   dwa_temperature: float = 2.0) -> None:
     """Compile with task-keyed losses, loss weights (default 1) and masked metrics.
+
+    ``loss_balancing`` (fixed, uncertainty, dwa), ``class_weighting`` (only ``confusion`` matters
+    here: the others arrive as ``class_weights``) and ``dwa_temperature``: ``mtl.balancing``; its
+    variables are made here, under the strategy's scope, once per model.
 
     ``jit_compile`` is passed as a bool, never Keras's ``"auto"``: XLA made CPU training 4-14x
     slower here, so it is on only when asked for. ``steps_per_execution`` training steps run per
@@ -158,7 +169,12 @@ def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
     Raises:
         ConfigError: a loss weight names an output the model does not have.
     """
-    losses = task_losses(tasks, class_weights, label_smoothing, identity_options=identity_options)
+    from mtl import balancing
+
+    balancer = balancing.attach(model, tasks, loss_balancing, class_weighting, dwa_temperature)
+    losses = task_losses(tasks, class_weights, label_smoothing, identity_options=identity_options, balancer=balancer)
+    if balancer is not None:
+        balancer.exclude_from_weight_decay(optimizer)
     loss_weights = dict(loss_weights or {})
     unknown = set(loss_weights) - set(losses)
     if unknown:
@@ -199,7 +215,8 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
     _check_policy(model, args.mixed_precision)
     compile_losses(model, tasks, optimizer, args.loss_weights, args.class_weights, args.label_smoothing,
                    args.jit_compile, identity_options=args.identity_options(),
-                   steps_per_execution=args.steps_per_execution)
+                   steps_per_execution=args.steps_per_execution, loss_balancing=args.loss_balancing,
+                   class_weighting=args.class_weighting, dwa_temperature=args.dwa_temperature)
     # model.optimizer: the LossScaleOptimizer around ``optimizer`` under mixed_float16 (its own
     # variables made here too)
     model.optimizer.build(model.trainable_variables)
@@ -367,6 +384,11 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
                                   embedding_loss_weight(tasks, args.loss_weights)),
                  EpochLearningRate(),  # after the masked loss: a one-output model's logs are renamed there
                  keras.callbacks.TerminateOnNaN()]
+    if args.loss_balancing != "fixed" or args.class_weighting == "confusion":
+        from mtl.balancing import LossBalanceCallback
+
+        # after the masked loss (a one-output model's logs are renamed there), before the writers
+        callbacks.insert(1, LossBalanceCallback(history))
     if args.keep == "best":
         callbacks.append(RunEarlyStopping(monitor=monitor, mode="min", patience=args.patience,
                                           restore_best_weights=True, min_delta=1e-4, epochs=args.epochs,
@@ -525,7 +547,10 @@ class _CustomLoop:
     def __init__(self, model, tasks, args: TrainArgs, strategy):
         self.model, self.strategy = model, strategy
         self.names = list(model.output_names)
-        self.losses = task_losses(tasks, args.class_weights, args.label_smoothing, args.identity_options())
+        from mtl.balancing import balancer_of
+
+        self.losses = task_losses(tasks, args.class_weights, args.label_smoothing, args.identity_options(),
+                                  balancer=balancer_of(model))
         unknown = set(args.loss_weights) - set(self.losses)
         if unknown:
             raise ConfigError(f"train.loss_weights for unknown outputs {sorted(unknown)}; "

@@ -51,17 +51,23 @@ def dataset_args(cfg: Config, repeat: bool = False) -> dict:
                         "random_erasing": a.random_erasing},
             "sampler": t.sampler, "p_identities": t.p_identities, "k_images": t.k_images,
             "center_loss": t.center_loss > 0, "cache": cfg.data.cache, "seed": t.seed, "repeat": repeat,
-            "junk_fraction": cfg.data.junk_fraction}
+            "junk_fraction": cfg.data.junk_fraction, "person_mask": cfg.data.person_mask}
 
 
 def model_kwargs(cfg: Config) -> dict:
     """``mtl.models.builder.build_model`` arguments (besides the tasks)."""
     m = cfg.model
-    return {"input_shape": (cfg.data.image_height, cfg.data.image_width, 3), "trunk": m.trunk,
+    return {"input_shape": (cfg.data.image_height, cfg.data.image_width, input_channels(cfg)), "trunk": m.trunk,
             "weights": m.weights, "width": m.width, "head": m.head, "public_units": m.public_units,
             "private_multipliers": m.private_multipliers, "task_units": m.task_units, "dropout": m.dropout,
             "embedding_dim": m.embedding_dim, "center_loss": cfg.train.center_loss > 0,
-            "attention": m.attention, "pooling": m.pooling, "last_stride": m.last_stride}
+            "attention": m.attention, "pooling": m.pooling, "last_stride": m.last_stride,
+            "uncertainty_weights": cfg.train.loss_balancing == "uncertainty"}
+
+
+def input_channels(cfg: Config) -> int:
+    """The model's input channels: RGB, plus the person mask of ``data.person_mask`` (``mtl.data.masks``)."""
+    return 4 if cfg.data.person_mask else 3
 
 
 def train_args(cfg: Config, data: PreparedData | None = None):
@@ -75,7 +81,8 @@ def train_args(cfg: Config, data: PreparedData | None = None):
         warmup_epochs=t.warmup_epochs, schedule=t.schedule, step_epochs=t.step_epochs,
         step_factor=t.step_factor, sgd_from_epoch=t.sgd_from_epoch, sgd_learning_rate=t.sgd_learning_rate,
         patience=patience_for(t.epochs, t.patience), keep=t.keep, loss_weights=dict(t.loss_weights),
-        class_weights=class_weights_for(data) if t.class_weighting and data is not None else None,
+        class_weights=class_weights_for(data, t.class_weighting) if data is not None else None,
+        class_weighting=t.class_weighting, loss_balancing=t.loss_balancing, dwa_temperature=t.dwa_temperature,
         label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, mixed_precision=t.mixed_precision,
         steps_per_execution=t.steps_per_execution, triplet_margin=t.triplet_margin,
         id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss, metric_loss=t.metric_loss,
@@ -94,12 +101,26 @@ def steps_per_epoch(cfg: Config, data: PreparedData) -> tuple[int, bool]:
     return steps, bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg.train.sampler, data.tasks)
 
 
-def class_weights_for(data: PreparedData) -> dict:
-    from mtl.losses import inverse_frequency_weights
+def class_weights_for(data: PreparedData, mode: str = "inverse") -> dict | None:
+    """The static class weights of ``train.class_weighting`` from the training split (None for
+    ``none``, and for ``confusion``, whose weights start at 1 and change in training: ``mtl.balancing``).
 
+    ``inverse``: inverse frequency for every attribute task; ``positive``: ``exp(p)`` / ``exp(1 - p)``
+    for the binary ones (``mtl.losses.positive_ratio_weights``), inverse frequency for the categorical.
+    """
+    from mtl.losses import inverse_frequency_weights, positive_ratio_weights
+
+    if mode in ("none", "confusion"):
+        return None
+    weights = {}
     # junk: its training labels are made per batch (data.junk_fraction), not the table's zeros
-    return {t.name: inverse_frequency_weights(data.train[t.name].to_numpy(), t.num_classes)
-            for t in data.tasks if t.kind in (BINARY, CATEGORICAL) and t.name != JUNK}
+    for t in data.tasks:
+        if t.kind not in (BINARY, CATEGORICAL) or t.name == JUNK:
+            continue
+        labels = data.train[t.name].to_numpy()
+        weights[t.name] = (positive_ratio_weights(labels) if mode == "positive" and t.kind == BINARY
+                           else inverse_frequency_weights(labels, t.num_classes))
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +203,7 @@ def _same_labels_as_run(run: RunDir, data: PreparedData) -> PreparedData:
 def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mode: str, log,
                   verbose: bool = False, strategy=None) -> dict:
     from mtl import engine
+    from mtl.data.masks import mask_folder
     from mtl.inference import evaluate_model
     from mtl.models.builder import build_model
 
@@ -210,12 +232,13 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
                         images_per_epoch=steps * cfg.train.batch_size if fixed else len(data.train))
     run.save_model(model)
     h, w, batch = cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size
-    metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch)
+    masks = mask_folder(cfg.data.person_mask, data.source.root)  # None: RGB only
+    metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch, masks=masks)
     run.write_csv(PREDICTIONS, predictions)
     if any(t.kind == IDENTITY for t in data.tasks):
         from mtl.reid.protocol import evaluate_holdout
 
-        metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed)
+        metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed, masks=masks)
     summary = run.training_summary(result.monitor, result.kept_epoch, result.train_time_s)
     metrics["training"] = {k: v for k, v in vars(summary).items()}
     history = run.read_history()
@@ -248,7 +271,8 @@ def model_info(model, cfg: Config, tasks=()) -> ModelInfo:
 
     count = lambda variables: int(sum(np.prod(v.shape) for v in variables))  # noqa: E731
     return ModelInfo(trunk=cfg.model.trunk, weights=cfg.model.weights, head=cfg.model.head,
-                     input_shape=[cfg.data.image_height, cfg.data.image_width, 3], outputs=list(model.output_names),
+                     input_shape=[cfg.data.image_height, cfg.data.image_width, input_channels(cfg)],
+                     outputs=list(model.output_names),
                      params_total=count(model.weights), params_trainable=count(model.trainable_weights),
                      params_trunk=count(get_trunk(model).weights),
                      classes={t.name: list(t.classes) for t in tasks},
@@ -256,7 +280,10 @@ def model_info(model, cfg: Config, tasks=()) -> ModelInfo:
                      preprocessing={"resize": f"to {cfg.data.image_height}x{cfg.data.image_width}, bilinear with "
                                               "antialiasing (tf.image.resize)",
                                     "dtype": "float32 RGB in [0, 255], not normalised",
-                                    "normalization": "inside the model (the trunk's first layers)"})
+                                    "normalization": "inside the model (the trunk's first layers)",
+                                    **({"person_mask": "4th channel: the image's mtl-masks PNG (255 = person), "
+                                                       "resized like the image, in [0, 255]"}
+                                       if cfg.data.person_mask else {})})
 
 
 def write_data_files(run: RunDir, cfg: Config, data: PreparedData) -> DataInfo:

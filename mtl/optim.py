@@ -147,24 +147,3 @@ def phase_optimizer(optimizer: str, learning_rate: float, sgd_phase: bool = Fals
     if not sgd_phase:
         return optimizer, float(learning_rate)
     return "sgd", float(sgd_learning_rate if sgd_learning_rate is not None else SGD_LR_FACTOR * learning_rate)
-
-
-class EpochLearningRate(keras.callbacks.Callback):
-    """Adds ``learning_rate`` to each epoch's logs: the heads' rate at the epoch's first step (the
-    trunk's is ``trunk_lr_multiplier`` x that), read from the optimizer of the phase under way, so
-    the epoch after an optimizer switch shows SGD's rate and the epoch after a step decay shows the
-    decayed one (Keras's TensorBoard writes the rate at the epoch's end instead: the next epoch's).
-    Must come before the callbacks that write the logs (history, the epoch line)."""
-
-    def __init__(self):
-        super().__init__()
-        self._rate = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        from mtl.callbacks import current_learning_rate
-
-        self._rate = current_learning_rate(self.model)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self._rate is not None:
-            logs["learning_rate"] = self._rate

@@ -83,6 +83,21 @@ BAD = [
     ({"tune": {"max_trials": 0}}, "tune.max_trials=0"),
     ({"tune": {"objective": " "}}, "tune.objective=' '"),
     ({"tune": {"patience": -2}}, "tune.patience=-2"),
+    # issue 15's methods
+    ({"model": {"attention": ["top"]}}, "model.attention=['top']"),
+    ({"model": {"pooling": "sum"}}, "model.pooling='sum'"),
+    ({"model": {"last_stride": 3}}, "model.last_stride=3"),
+    ({"data": {"junk_fraction": 1.0}}, "data.junk_fraction=1.0"),
+    ({"data": {"person_mask": " "}}, "data.person_mask=' '"),
+    ({"train": {"metric_loss": "siamese"}}, "train.metric_loss='siamese'"),
+    ({"train": {"class_weighting": "often"}}, "train.class_weighting='often'"),
+    ({"train": {"step_factor": 0}}, "train.step_factor=0.0"),
+    ({"train": {"sgd_from_epoch": -1}}, "train.sgd_from_epoch=-1"),
+    ({"train": {"sgd_learning_rate": 0}}, "train.sgd_learning_rate=0.0"),
+    ({"train": {"loss_balancing": "gradnorm"}}, "train.loss_balancing='gradnorm'"),
+    ({"train": {"dwa_temperature": 0}}, "train.dwa_temperature=0.0"),
+    ({"train": {"contrastive_margin": 0}}, "train.contrastive_margin=0.0"),
+    ({"train": {"contrastive_margin": 2.5}}, "train.contrastive_margin=2.5"),
     # P x K batches of the identity task need two people each
     ({"tasks": "identity", "train": {"batch_size": 4}}, "train.batch_size=4"),
     ({"tasks": "identity,age", "train": {"p_identities": 1}}, "train.p_identities=1"),
@@ -101,6 +116,10 @@ GOOD = [
     {"tasks": "identity", "train": {"batch_size": 4, "sampler": "random"}},
     {"tasks": "identity", "train": {"batch_size": 4, "p_identities": 2}},
     {"tune": {"max_trials": 1, "patience": None, "tuner": "hyperband"}},
+    {"model": {"attention": ["stage2", "last"], "pooling": "gem", "last_stride": 1}},
+    {"data": {"junk_fraction": 0.5}}, {"train": {"metric_loss": "centroid_triplet", "contrastive_margin": 2}},
+    {"train": {"epochs": 5, "sgd_from_epoch": 3, "sgd_learning_rate": 0.02, "step_factor": 0.5}},
+    {"train": {"loss_balancing": "dwa", "dwa_temperature": 0.5, "class_weighting": "confusion"}},
 ]
 
 
@@ -269,3 +288,11 @@ def test_trunk_and_format_names_match_their_tables():
 ])
 def test_choices_match_the_code_that_implements_them(name, candidates):
     assert tuple(getattr(config_lib, name)) == tuple(_table(*candidates))
+
+
+def test_one_value_for_a_list_key_is_a_list_of_one():
+    # --set model.attention=3 and --set model.public_units=384 read as numbers, not lists
+    from mtl.config import build_config, parse_overrides
+
+    cfg = build_config(parse_overrides(["model.public_units=384", "model.attention=3"]))
+    assert cfg.model.public_units == (384,) and cfg.model.attention == ("3",)

@@ -28,19 +28,22 @@ import pytest
 import mtl
 from mtl.engine import TrainArgs, compile_model
 from mtl.errors import DataError
-from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
+from mtl.losses import BalancedLoss, MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy, UncertaintyWeights
 from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
 from mtl.models.builder import build_model, load_model
-from mtl.models.layers import Normalize
+from mtl.models.attention import CBAM
+from mtl.models.layers import GeMPooling, MaskFusion, Normalize
 from mtl.optim import WarmupSchedule, make_optimizer
 from mtl.reid.heads import CenterDistances
-from mtl.reid.losses import BatchHardTripletLoss, CenterLoss
+from mtl.reid.losses import (BatchAllTripletLoss, BatchHardTripletLoss, CenterLoss, CentroidTripletLoss,
+                             ContrastiveLoss)
 from mtl.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.25, 0.25, 0.5]], np.float32)
 LABELS = np.array([0, -1, 2, 1])
+IDS = np.array([0, 0, 1, 1, 2, -1])  # identities of a metric-learning batch (-1: unknown)
 TRUNK_PATHS = ["trunk_w"]
 
 
@@ -64,6 +67,16 @@ CASES = {
     "BatchHardTripletLoss-soft": (BatchHardTripletLoss(None),
                                   (np.array([0, 0, 1, 1, 2, -1]), RNG.normal(size=(6, 4)).astype(np.float32))),
     "CenterLoss": (CenterLoss(0.01), (LABELS, PROBS * 10)),
+    "BatchAllTripletLoss": (BatchAllTripletLoss(0.2), (IDS, RNG.normal(size=(6, 4)).astype(np.float32))),
+    "ContrastiveLoss": (ContrastiveLoss(0.8, hard_mining=False), (IDS, RNG.normal(size=(6, 4)).astype(np.float32))),
+    "CentroidTripletLoss": (CentroidTripletLoss(0.5, hard_mining=True),
+                            (IDS, RNG.normal(size=(6, 4)).astype(np.float32))),
+    "BalancedLoss": (BalancedLoss(BatchHardTripletLoss(0.2)), (IDS, RNG.normal(size=(6, 4)).astype(np.float32))),
+    "UncertaintyWeights": (UncertaintyWeights(["age", "gender"], name="unc"), RNG.normal(size=(3, 5)).astype(np.float32)),
+    "CBAM": (CBAM(reduction=4, kernel_size=3, identity_init=False, name="cbam"),
+             RNG.normal(size=(2, 5, 4, 8)).astype(np.float32)),
+    "GeMPooling": (GeMPooling(p=2.5, eps=1e-5, name="gem"), RNG.uniform(0, 3, (2, 4, 4, 3)).astype(np.float32)),
+    "MaskFusion": (MaskFusion(name="fusion"), RNG.uniform(0, 255, (2, 4, 4, 4)).astype(np.float32)),
     "MaskedAccuracy": (MaskedAccuracy(name="acc"), (LABELS, PROBS)),
     "MaskedCrossentropy": (MaskedCrossentropy(name="xe"), (LABELS, PROBS)),
     "WarmupSchedule-cosine": (_schedule("cosine"), None),
@@ -130,7 +143,8 @@ def test_config_round_trip_is_identical_and_names_every_constructor_argument(cas
     assert set(params) <= set(config), f"get_config misses {set(params) - set(config)}"
 
 
-@pytest.mark.parametrize("case", ["Normalize", "CenterDistances"])
+@pytest.mark.parametrize("case", ["Normalize", "CenterDistances", "CBAM", "GeMPooling", "MaskFusion",
+                                  "UncertaintyWeights"])
 def test_layers_compute_the_same_after_the_round_trip(case):
     layer, x = CASES[case]
     expected = np.asarray(layer(x))
@@ -141,7 +155,8 @@ def test_layers_compute_the_same_after_the_round_trip(case):
 
 
 @pytest.mark.parametrize("case", ["MaskedSparseCategoricalCrossentropy", "MaskedBinaryCrossentropy",
-                                  "BatchHardTripletLoss", "BatchHardTripletLoss-soft", "CenterLoss"])
+                                  "BatchHardTripletLoss", "BatchHardTripletLoss-soft", "CenterLoss",
+                                  "BatchAllTripletLoss", "ContrastiveLoss", "CentroidTripletLoss", "BalancedLoss"])
 def test_losses_give_the_same_value_after_the_round_trip(case):
     loss, (y, pred) = CASES[case]
     _, clone = _round_trip(loss)

@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"ranked retrieval examples written to RUN/reid_examples.json for the report: N queries "
                         f"from best to worst AP (default {EXAMPLE_QUERIES}; 0: none)")
     p.add_argument("--out", help="also write the evaluation to this JSON file")
+    p.add_argument("--masks", metavar="DIR",
+                   help="a run trained with data.person_mask: the person masks of --data (mtl-masks --data DATA "
+                        "--out DIR; default: the run's data.person_mask)")
     return p
 
 
@@ -177,6 +180,7 @@ def _evaluate(args, run_dir: Path) -> int:
     import pandas as pd
 
     from mtl.data.pipeline import drop_unreadable
+    from mtl.data.masks import mask_folder
     from mtl.data.relabel import load_for_run, unseen_summary
     from mtl.reid.protocol import evaluate_labelled, evaluation_images, no_ranking_reason
     from mtl.rundir import METRICS, REID_EXAMPLES, RunDir, load_run
@@ -205,7 +209,8 @@ def _evaluate(args, run_dir: Path) -> int:
     result = evaluate_labelled(run.model, tasks, query, gallery, cfg.data.image_height, cfg.data.image_width,
                                args.batch_size or cfg.train.batch_size, args.distance, args.rerank,
                                args.attr_weight, args.attr_alpha, attributes=not args.no_attributes,
-                               examples=args.examples)
+                               examples=args.examples,
+                               masks=mask_folder(args.masks or cfg.data.person_mask, source.root))
     examples = result.pop("examples", None)
     evaluation = {
         "data": str(source.root), "format": source.name, "images": what,

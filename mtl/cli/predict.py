@@ -34,6 +34,9 @@ Course deliverables of a Market-1501 course-layout folder (only test/ and querie
                            A run trained with data.junk_fraction > 0 leaves out of the gallery the test/
                            images it predicts junk (P(junk) > --junk-threshold, default 0.5; report
                            003); the command prints how many.
+  A run trained with data.person_mask (a 4th input channel) reads the masks of test/ and queries/
+  from its data.person_mask folder, or --masks DIR for another --data (mtl-masks --data DATA --out
+  DIR writes them); --images refuses such a run (no masks for arbitrary files yet).
   Written into --out (default: the run directory). Retrieval uses the run's identity embedding
   (BN-neck output), or the pooled trunk features of a run without the identity task; distances are
   computed a block of queries at a time (re-ranking, when asked, holds one queries x gallery matrix).
@@ -86,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--junk-threshold", type=float,
                    help="deliverables, a run with the junk output (data.junk_fraction > 0): test/ images with "
                         "P(junk) above this are left out of reid_test.txt (default 0.5)")
+    p.add_argument("--masks", metavar="DIR",
+                   help="deliverables, a run trained with data.person_mask: the person masks of --data (mtl-masks "
+                        "--data DATA --out DIR; default: the run's data.person_mask)")
     return p
 
 
@@ -100,14 +106,15 @@ def main(argv=None) -> int:
         raise DataError(f"--top must be >= 1, got {args.top}")
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.reid_threshold = parse_reid_threshold(args.reid_threshold)
     if args.junk_threshold is not None and not 0 <= args.junk_threshold <= 1:
         raise DataError(f"--junk-threshold must be in [0, 1], got {args.junk_threshold}")
-    args.reid_threshold = parse_reid_threshold(args.reid_threshold)
     if args.images:
         given = [flag for flag, value in (("--top", args.top), ("--distance", args.distance),
                                           ("--rerank", args.rerank),
                                           ("--reid-threshold", args.reid_threshold is not None),
-                                          ("--junk-threshold", args.junk_threshold is not None)) if value]
+                                          ("--junk-threshold", args.junk_threshold is not None),
+                                          ("--masks", args.masks)) if value]
         if given:
             raise DataError(f"{', '.join(given)}: only for the course deliverables (--data), not with --images")
         return predict_any_images(args)
@@ -129,6 +136,10 @@ def predict_any_images(args: argparse.Namespace) -> int:
     from mtl.predictions import predict_images
 
     cfg = run.config
+    if cfg.data.person_mask:  # predict_images has no mask input yet: a clear refusal, not a shape error
+        raise DataError(f"--images: the run {args.run} takes a person mask as a 4th input channel "
+                        "(data.person_mask); predicting on any images with it is not supported: use the "
+                        "deliverables (--data, masks written by mtl-masks)")
     start = time.time()
     print(f"{len(paths)} image(s) to predict with {run.run_dir}", flush=True)
     result = predict_images(RunDir(args.run).load_model(), run.tasks, paths, cfg.data.image_height,
@@ -145,6 +156,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
     """``--data`` (or the run's data folder): ``classification_test.csv`` and ``reid_test.txt``."""
     import numpy as np
 
+    from mtl.data.masks import mask_folder
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.relabel import load_for_run
     from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
@@ -197,7 +209,9 @@ def write_deliverables(args: argparse.Namespace) -> int:
 
     print(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}", flush=True)
     names = [layer] + [t.name for t in attr_tasks] + ([JUNK] if junk else [])
-    outputs = extract_features(feature_model(run.model, names), gallery["path"], h, w, batch, desc="test/ images")
+    masks = mask_folder(args.masks or cfg.data.person_mask, source.root)  # a 4-channel model's 4th channel
+    outputs = extract_features(feature_model(run.model, names), gallery["path"], h, w, batch, desc="test/ images",
+                               masks=masks)
     if attr_tasks:
         predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
         decoded = ~gallery_all["path"].isin(skipped_gallery["path"]).to_numpy()
@@ -227,7 +241,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
             raise DataError(f"every test/ image is predicted junk (P > {threshold:g}): raise --junk-threshold")
     del outputs
     q_feat = extract_features(feature_model(run.model, [layer]), queries["path"], h, w, batch,
-                              desc="queries/ images")[layer].reshape(len(queries), -1)
+                              desc="queries/ images", masks=masks)[layer].reshape(len(queries), -1)
     if args.rerank:
         from mtl.reid.protocol import RERANK_PARAMS
         from mtl.reid.rerank import re_ranking_features

@@ -12,7 +12,7 @@ import keras
 from mtl.errors import ConfigError, DataError
 from mtl.models.attention import CBAM
 from mtl.models.heads import attribute_heads
-from mtl.models.layers import GeMPooling
+from mtl.models.layers import GeMPooling, MaskFusion
 from mtl.models.trunks import attention_stages, build_trunk
 from mtl.tasks import IDENTITY, TaskSpec
 
@@ -25,13 +25,15 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
                 public_units: Sequence[int] = (384, 384), private_multipliers: Sequence[int] = (16, 8),
                 task_units: int = 128, dropout: float = 0.3, embedding_dim: int = 256,
                 center_loss: bool = False, attention: Sequence[str | int] = (), pooling: str = "avg",
-                last_stride: int = 2) -> keras.Model:
+                last_stride: int = 2, uncertainty_weights: bool = False) -> keras.Model:
     """Functional multi-task model: image -> trunk -> global pooling -> task heads.
 
     Args:
         tasks: the task specs; one output per task, named after it (the identity task adds an
             ``embedding`` output too, see ``mtl.reid.heads``).
-        input_shape: (height, width, 3); images are float RGB in [0, 255].
+        input_shape: (height, width, 3); images are float RGB in [0, 255]. (height, width, 4): RGB
+            plus a person mask (``mtl.data.masks``), fused into 3 channels by a ``MaskFusion``
+            layer (``mask_fusion``, the identity on RGB at first) before the trunk.
         trunk, weights, width: see ``mtl.models.trunks``.
         head, public_units, private_multipliers, task_units, dropout: see ``mtl.models.heads``.
         embedding_dim: size of the identity embedding.
@@ -46,6 +48,8 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
             ``mtl.models.layers.GeMPooling``) or ``max``; the layer is named ``pool`` either way.
         last_stride: 2, or 1: the trunk's last downsampling stage keeps the resolution (a feature
             map twice as large per side; trunks of ``mtl.models.trunks.STAGES``).
+        uncertainty_weights: add the learnt log-variances of ``train.loss_balancing: uncertainty``
+            (``mtl.balancing.uncertainty_layer``: a pass-through layer after the pooling).
 
     Returns:
         A ``keras.Model`` named ``mtl`` whose outputs are a dict keyed by task name.
@@ -57,10 +61,17 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
         raise ConfigError(f"model.pooling: {pooling!r} is not valid; valid: {', '.join(POOLINGS)}")
     stages, attention_last = attention_stages(trunk, attention)
     inputs = keras.Input(tuple(input_shape), name="image")
-    feature_map = build_trunk(trunk, input_shape, weights, width, stages, last_stride)(inputs)
+    # a person-mask channel is fused into RGB before the trunk, which keeps its 3-channel input (and weights)
+    rgb = MaskFusion(name="mask_fusion")(inputs) if input_shape[-1] == 4 else inputs
+    input_shape = (*input_shape[:-1], 3)
+    feature_map = build_trunk(trunk, input_shape, weights, width, stages, last_stride)(rgb)
     if attention_last:
         feature_map = CBAM(name="cbam_last")(feature_map)
     features = POOLINGS[pooling](name="pool")(feature_map)
+    if uncertainty_weights:
+        from mtl.balancing import uncertainty_layer
+
+        features = uncertainty_layer(tasks)(features)
     outputs = attribute_heads(features, tasks, head, public_units, private_multipliers, task_units, dropout)
     identity = [t for t in tasks if t.kind == IDENTITY]
     if identity:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from mtl.data.splits import query_gallery_split
 from mtl.errors import ConfigError, DataError, MtlError
-from mtl.metrics import class_probabilities, evaluate_task, summarize
+from mtl.metrics import class_probabilities, evaluate_attributes
 from mtl.reid.distance import (attribute_distance, combine_multiplicative, combine_weighted, cosine_distance,
                                euclidean_distance)
 from mtl.reid.evaluate import evaluate_rank
@@ -373,7 +373,7 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
                       width: int, batch_size: int = 64, distance: str = "cosine", rerank: str = "auto",
                       attr_weight: float | None = None, attr_alpha: float | None = None,
                       attributes: bool = True, examples: int = 0,
-                      junk_threshold: float = JUNK_THRESHOLD) -> dict:
+                      junk_threshold: float = JUNK_THRESHOLD, threshold: bool = False, masks=None) -> dict:
     """Evaluate a model on labelled query / gallery images with one pass of feature extraction.
 
     A model with the ``junk`` output (``data.junk_fraction``) ranks only the gallery images it
@@ -391,6 +391,10 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
         examples: also return this many ranked retrieval examples of the plain distance
             (:func:`retrieval_examples`, the content of ``reid_examples.json``); 0: none.
         junk_threshold: see above (only for a model with the ``junk`` output).
+        threshold: also choose the distance threshold of variable-length retrieval on these
+            people (``reid["threshold"]``: ``mtl.reid.threshold.holdout_threshold``, plain distance).
+        masks: the person masks of the images, for a model trained with ``data.person_mask``
+            (``mtl.data.masks.MaskFolder``; see ``mtl.inference.extract_features``).
 
     Returns:
         ``{"reid": evaluate_embeddings result plus "feature_layer", "attributes": {"tasks",
@@ -416,7 +420,7 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
     names += [JUNK] if junk and JUNK not in names else []
     both = pd.concat([query, gallery], ignore_index=True)
     outputs = extract_features(feature_model(model, names), both["path"], height, width, batch_size,
-                               desc=f"extracting features of {len(both)} images")
+                               desc=f"extracting features of {len(both)} images", masks=masks)
     nq = len(query)
     attr = attribute_vectors(outputs, attr_tasks) if needs_attr else None
     result = {}
@@ -433,31 +437,43 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
         result["reid"] = {"feature_layer": layer, **reid}
         if junk:
             result["reid"] |= {"junk_dropped": int((~kept).sum()), "junk_threshold": float(junk_threshold)}
+        if threshold:  # variable-length retrieval (reports 001, 002), chosen on these people
+            from mtl.reid.threshold import holdout_threshold
+
+            result["reid"]["threshold"] = holdout_threshold(
+                feature_distance(feats[:nq], feats[g_rows], distance), query["identity"].to_numpy(),
+                ranked["identity"].to_numpy(), query["camera"].to_numpy(), ranked["camera"].to_numpy(), distance)
         if examples > 0:
             result["examples"] = retrieval_examples(feature_distance(feats[:nq], feats[g_rows], distance), query,
                                                     ranked, queries=examples)
     if attributes and attr_tasks:
-        per_task = {t.name: evaluate_task(both[t.name].to_numpy(), class_probabilities(outputs[t.name], t), t)
-                    for t in attr_tasks if t.name in both.columns}
-        result["attributes"] = {"tasks": per_task, "summary": summarize(per_task), "num_images": int(len(both))}
+        present = [t for t in attr_tasks if t.name in both.columns]
+        labels = {t.name: both[t.name].to_numpy() for t in present}
+        probabilities = {t.name: class_probabilities(outputs[t.name], t) for t in present}
+        result["attributes"] = {**evaluate_attributes(labels, probabilities, present), "num_images": int(len(both))}
     return result
 
 
 def evaluate_holdout(model, table: pd.DataFrame, height: int, width: int, batch_size: int = 64, seed: int = 0,
-                     distance: str = "cosine", rerank: str = "auto", junk_threshold: float = JUNK_THRESHOLD) -> dict:
+                     distance: str = "cosine", rerank: str = "auto", junk_threshold: float = JUNK_THRESHOLD,
+                     masks=None) -> dict:
     """Re-identification metrics on held-out labelled people (e.g. the validation split of ``train``).
 
     The table is split into one query per identity and camera and a gallery
     (``query_gallery_split``); returns the ``reid`` part of ``evaluate_labelled`` (with
     ``junk_dropped`` for a model with the ``junk`` output: gallery images above
     ``junk_threshold`` are not ranked), or ``{"skipped": reason}`` when no query can be formed.
+    It includes ``threshold``: the distance threshold of variable-length retrieval chosen on these
+    people, with its 2-fold cross-validated F1 (``mtl.reid.threshold.holdout_threshold``).
+    ``masks``: the person masks of a 4-channel model (``evaluate_labelled``).
     """
     query, gallery = query_gallery_split(table.reset_index(drop=True), seed)
     if query.empty or gallery.empty:
         return {"skipped": "no held-out identity is seen by two cameras"}
     try:
         return evaluate_labelled(model, [], query, gallery, height, width, batch_size, distance, rerank,
-                                 attributes=False, junk_threshold=junk_threshold)["reid"]
+                                 attributes=False, junk_threshold=junk_threshold, threshold=True,
+                                 masks=masks)["reid"]
     except MtlError:
         raise
     except ValueError as exc:  # evaluate_rank: no query has a match left after the same-camera rule

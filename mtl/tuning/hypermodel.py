@@ -90,6 +90,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
         """
         from mtl import engine
         from mtl.experiment import steps_per_epoch, train_args
+        from mtl.data.masks import mask_folder
         from mtl.inference import evaluate_model
 
         start = time.time()
@@ -106,8 +107,9 @@ class MtlHyperModel(keras_tuner.HyperModel):
             raise keras_tuner.errors.FailedTrialError("the trial ran no epoch")
         best = result.kept_epoch - 1  # 0-based
         row = next((r for r in result.epochs if r["epoch"] == best), result.epochs[-1])
+        masks = mask_folder(cfg.data.person_mask, self.data.source.root)
         metrics, _ = evaluate_model(model, self.tasks, self.data.val, cfg.data.image_height, cfg.data.image_width,
-                                    cfg.train.batch_size)
+                                    cfg.train.batch_size, masks=masks)
         # recorded per trial: the objective's parts and the summary metrics (a readable table)
         available = {**{k: float(v) for k, v in row.items() if k.startswith("val_")}, **post_trial_metrics(metrics)}
         keep = set(self.objective.parts) | {"val_loss", "val_masked_loss", "mean_accuracy", "mean_macro_f1", "mA", "instance_f1"}
