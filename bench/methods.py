@@ -47,6 +47,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "dwa": ("dynamic weight averaging (Liu et al. 2019)", "-", ["train.loss_balancing=dwa"]),
     "gem": ("GeM pooling (p learnt, from 3)", "BoT-style baselines", ["model.pooling=gem"]),
     "last_stride1": ("last stride 1 in the trunk", "BoT", ["model.last_stride=1"]),
+    "person_mask": ("person mask (mtl-masks) as a 4th input channel", "003",
+                    ["data.person_mask=runs/masks/market1501-course"]),
 }
 START, END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
 
