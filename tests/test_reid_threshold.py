@@ -177,6 +177,17 @@ def test_run_records_a_cross_validated_threshold(tiny_reid_run):
 
 
 @pytest.mark.slow  # trains the session's tiny identity run (tens of seconds on a shared CPU)
+def test_the_report_shows_the_runs_threshold(tiny_reid_run):
+    from mtl.report.tables import reid_extras
+
+    reid = json.loads((tiny_reid_run / "metrics.json").read_text())["reid"]
+    rows = {row[0].text: row[1].text for row in reid_extras(reid).rows}
+    shown = rows["distance threshold"]
+    assert f"{reid['threshold']['value']:.4f}" in shown and f"F1 {reid['threshold']['f1']:.3f}" in shown
+    assert f"k={reid['threshold']['best_k']['k']}" in shown
+
+
+@pytest.mark.slow  # trains the session's tiny identity run (tens of seconds on a shared CPU)
 def test_predict_with_the_runs_threshold_writes_variable_length_lines(tiny_reid_run, synthetic_root, tmp_path,
                                                                       capsys):
     from mtl.cli import predict

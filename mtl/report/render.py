@@ -260,7 +260,7 @@ def _curve_groups(history: Sequence[Mapping], specs: Sequence[Mapping], monitor:
         of_task = groups.get(t["name"], {})
         panels = [(m, of_task[m]) for m in figures.metrics_to_plot(of_task)]
         if t["kind"] == "identity" and "embedding_loss" in groups[""]:
-            panels.append(("triplet (embedding_loss)", "embedding_loss"))
+            panels.append(("metric loss (embedding_loss)", "embedding_loss"))
         out.append((t["name"], [(m, k, not (t["kind"] == "identity" and figures.meaningless_validation(history, k)))
                                 for m, k in panels]))
     return out

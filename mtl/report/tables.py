@@ -283,6 +283,13 @@ def reid_extras(reid: Mapping[str, Any]) -> Table:
     """The other entries of the re-id metrics (distance, query / gallery sizes, notes), if any."""
     skip = set(REID_KEYS) | {"cmc"}
     items = []
+    threshold = reid.get("threshold")
+    if isinstance(threshold, Mapping) and threshold.get("value") is not None and threshold.get("f1") is not None:
+        # variable-length retrieval (mtl.reid.threshold): what reid_test.txt --reid-threshold auto uses
+        best = threshold.get("best_k") if isinstance(threshold.get("best_k"), Mapping) else {}
+        fixed = f"; best fixed length k={best['k']}: F1 {best['f1']:.3f}" if {"k", "f1"} <= set(best) else ""
+        items.append(("distance threshold", f"{threshold['value']:.4f} ({threshold.get('distance', '')}): F1 "
+                                            f"{threshold['f1']:.3f} ({threshold.get('validation', '')}){fixed}"))
     for k, v in reid.items():
         if k in skip or isinstance(v, Mapping) or v is None:
             continue
