@@ -98,8 +98,20 @@ def _masked_mean(values, mask, axis=None):
     return ops.where(count > 0, ops.sum(values * w, axis=axis) / ops.maximum(count, 1.0), ops.zeros_like(count))
 
 
+class _TripletLoss(keras.losses.Loss):
+    """What the triplet losses share: the margin (``None``: soft margin) and the batch-mean reduction."""
+
+    def __init__(self, margin: float | None = 0.3, name="triplet", **kwargs):
+        kwargs.setdefault("reduction", "sum")  # call() already returns the batch mean
+        super().__init__(name=name, **kwargs)
+        self.margin = None if margin is None else float(margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
 @keras.saving.register_keras_serializable(package="mtl")
-class BatchHardTripletLoss(keras.losses.Loss):
+class BatchHardTripletLoss(_TripletLoss):
     """Batch-hard triplet loss (Hermans et al. 2017, "In defense of the triplet loss").
 
     For every anchor ``a`` of the batch with at least one positive (another row with its
@@ -119,9 +131,7 @@ class BatchHardTripletLoss(keras.losses.Loss):
     """
 
     def __init__(self, margin: float | None = 0.3, name="batch_hard_triplet", **kwargs):
-        kwargs.setdefault("reduction", "sum")  # call() already returns the batch mean
-        super().__init__(name=name, **kwargs)
-        self.margin = None if margin is None else float(margin)
+        super().__init__(margin, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         _, positive, negative = pair_masks(y_true)
@@ -131,12 +141,10 @@ class BatchHardTripletLoss(keras.losses.Loss):
         per_anchor = _hinge(hardest_positive - hardest_negative, self.margin)
         return _masked_mean(per_anchor, ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1)))
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="mtl")
-class BatchAllTripletLoss(keras.losses.Loss):
+class BatchAllTripletLoss(_TripletLoss):
     """Batch-all triplet loss (Hermans et al. 2017): every triplet of the batch, no mining.
 
     For every anchor ``a``, over all its positives ``p`` and negatives ``n`` (Euclidean ``d``)::
@@ -154,9 +162,7 @@ class BatchAllTripletLoss(keras.losses.Loss):
     """
 
     def __init__(self, margin: float | None = 0.3, name="batch_all_triplet", **kwargs):
-        kwargs.setdefault("reduction", "sum")  # call() already returns the batch mean
-        super().__init__(name=name, **kwargs)
-        self.margin = None if margin is None else float(margin)
+        super().__init__(margin, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         _, positive, negative = pair_masks(y_true)
@@ -165,9 +171,6 @@ class BatchAllTripletLoss(keras.losses.Loss):
         triplets = ops.logical_and(positive[:, :, None], negative[:, None, :])
         per_anchor = _masked_mean(per_triplet, triplets, axis=(1, 2))
         return _masked_mean(per_anchor, ops.any(triplets, axis=(1, 2)))
-
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="mtl")
