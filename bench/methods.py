@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "last_stride1": ("last stride 1 in the trunk", "BoT", ["model.last_stride=1"]),
     "person_mask": ("person mask (mtl-masks) as a 4th input channel", "003",
                     ["data.person_mask=runs/masks/market1501-course"]),
+    "combined": ("last stride 1 + GeM + centroid triplet loss", "-",
+                 ["model.last_stride=1", "model.pooling=gem", "train.metric_loss=centroid_triplet"]),
 }
 START, END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
 
