@@ -66,3 +66,31 @@ def test_a_broken_results_file_is_one_error(tmp_path):
         load_results(bad)
     with pytest.raises(DataError, match="not found"):
         load_results(tmp_path / "missing.json")
+
+
+def _methods_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_methods", REPO / "bench" / "methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # trains the session's tiny identity run (tens of seconds on a shared CPU)
+def test_the_methods_table_reads_a_real_run(tiny_reid_run, tmp_path):
+    import shutil
+
+    methods = _methods_module()
+    metrics = json.loads((tiny_reid_run / "metrics.json").read_text())
+    row = methods.figures(tiny_reid_run)
+    # the instance F1 recomputed from val_predictions.csv is the one the run computed itself
+    assert row["instance_f1"] == pytest.approx(metrics["summary"]["instance_f1"])
+    assert row["mAP"] == metrics["reid"]["plain"]["mAP"] and row["rank1"] == metrics["reid"]["plain"]["rank1"]
+    # two runs of the baseline: the table shows their mean, and another variant's delta against it
+    for name in ("baseline-s0", "baseline-s1", "gem-s0"):
+        shutil.copytree(tiny_reid_run, tmp_path / name, ignore=shutil.ignore_patterns(".lock"))
+    rows = methods.collect(tmp_path)
+    assert [r["variant"] for r in rows] == ["baseline", "gem"] and rows[0]["seeds"] == "0,1"
+    text = methods.table(rows)
+    assert f"{row['mAP']:.3f} (+0.000)" in text.splitlines()[-1]
