@@ -103,7 +103,11 @@ def instance_figures(predictions, tasks) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """The markdown table: one row per variant (mean over its seeds), deltas against the baseline."""
+    """The markdown table: one row per variant (mean over its seeds) and its delta against the
+    baseline, over the seeds both have (a variant run with seed 0 only is compared with the
+    baseline's seed 0, not with the mean of its seeds)."""
+    import numpy as np
+
     keys = ["mean_accuracy", "mA", "instance_f1", "rank1", "mAP"]
     base = next((r for r in rows if r["variant"] == "baseline"), None)
     head = "| variant | report | seeds | mean acc | mA | instance F1 | rank-1 | mAP | train min |"
@@ -115,7 +119,11 @@ def table(rows: list[dict]) -> str:
             if v is None:
                 cells.append("-")
                 continue
-            delta = "" if base is None or r is base or base.get(k) is None else f" ({v - base[k]:+.3f})"
+            pairs = [] if base is None or r is base else [
+                (r["per_seed"][s][k], base["per_seed"][s][k]) for s in r["per_seed"]
+                if s in base["per_seed"] and r["per_seed"][s].get(k) is not None
+                and base["per_seed"][s].get(k) is not None]
+            delta = f" ({np.mean([a - b for a, b in pairs]):+.3f})" if pairs else ""
             cells.append(f"{v:.3f}{delta}")
         lines.append(f"| {r['variant']} | {r['report']} | {r['seeds']} | " + " | ".join(cells)
                      + f" | {r['train_min']:.1f} |")
@@ -131,10 +139,10 @@ def collect(out: Path) -> list[dict]:
         runs = sorted(p for p in out.glob(f"{name}-s*") if (p / "metrics.json").is_file())
         if not runs:
             continue
-        per_seed = [figures(p) for p in runs]
-        row = {"variant": name, "what": what, "report": report, "seeds": ",".join(p.name.rsplit("-s", 1)[1] for p in runs)}
-        for k in per_seed[0]:
-            values = [f[k] for f in per_seed if f.get(k) is not None]
+        per_seed = {p.name.rsplit("-s", 1)[1]: figures(p) for p in runs}
+        row = {"variant": name, "what": what, "report": report, "seeds": ",".join(per_seed), "per_seed": per_seed}
+        for k in next(iter(per_seed.values())):
+            values = [f[k] for f in per_seed.values() if f.get(k) is not None]
             row[k] = float(np.mean(values)) if values else None
         rows.append(row)
     return rows
