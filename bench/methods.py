@@ -37,7 +37,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "camera_junk": ("auxiliary camera task + junk class (10% zoomed crops), junk gallery images dropped",
                     "003", ["tasks=all,identity,camera", "data.junk_fraction=0.1"]),
     "positive_weights": ("binary attributes weighted by label frequency", "001", ["train.class_weighting=positive"]),
-    "confusion_weights": ("class weights from each epoch's training recall", "003", ["train.class_weighting=confusion"]),
+    "confusion_weights": ("class weights from each epoch's training recall", "003",
+                          ["train.class_weighting=confusion"]),
     "contrastive": ("contrastive loss on the embedding, hardest negatives", "002", ["train.metric_loss=contrastive"]),
     "centroid_triplet": ("centroid triplet loss on the embedding", "003", ["train.metric_loss=centroid_triplet"]),
     "lr_halving": ("step schedule halving the rate every epoch", "001, 003",
@@ -84,7 +85,7 @@ def figures(run: Path) -> dict:
     plain = reid.get("plain") or {}
     row["rank1"], row["mAP"] = plain.get("rank1"), plain.get("mAP")
     row["junk_dropped"] = reid.get("junk_dropped")
-    row["threshold_f1"] = (reid.get("threshold") or {}).get("f1")
+    row["threshold"] = reid.get("threshold")
     row["train_min"] = ((metrics.get("training") or {}).get("train_time_s") or 0) / 60
     return row
 
@@ -110,7 +111,7 @@ def table(rows: list[dict]) -> str:
 
     keys = ["mean_accuracy", "mA", "instance_f1", "rank1", "mAP"]
     base = next((r for r in rows if r["variant"] == "baseline"), None)
-    head = "| variant | report | seeds | mean acc | mA | instance F1 | rank-1 | mAP | train min |"
+    head = "| variant | report | seeds | mean acc | mA | instance F1 | rank-1 | mAP | train min (per seed) |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         cells = []
@@ -125,8 +126,24 @@ def table(rows: list[dict]) -> str:
                 and base["per_seed"][s].get(k) is not None]
             delta = f" ({np.mean([a - b for a, b in pairs]):+.3f})" if pairs else ""
             cells.append(f"{v:.3f}{delta}")
-        lines.append(f"| {r['variant']} | {r['report']} | {r['seeds']} | " + " | ".join(cells)
-                     + f" | {r['train_min']:.1f} |")
+        minutes = ", ".join(f"{f['train_min']:.1f}" for f in r["per_seed"].values())
+        lines.append(f"| {r['variant']} | {r['report']} | {r['seeds']} | " + " | ".join(cells) + f" | {minutes} |")
+    return "\n".join(lines + ["", threshold_table(rows)])
+
+
+def threshold_table(rows: list[dict]) -> str:
+    """Variable-length retrieval per run (``metrics.json`` ``reid.threshold``): the threshold, its
+    cross-validated mean per-query F1 and images returned, against the fixed top-k and the best
+    fixed length."""
+    lines = ["| run | threshold | F1 (2-fold) | images returned | top-k F1 | best fixed k: F1 |", "|" + "---|" * 6]
+    for r in rows:
+        for seed, f in r["per_seed"].items():
+            t = f.get("threshold")
+            if t:
+                top, best = t["top_k"], t["best_k"]
+                lines.append(f"| {r['variant']}-s{seed} | {t['value']:.3f} | {t['f1']:.3f} | "
+                             f"{t['mean_returned']:.1f} | {top['f1']:.3f} (k={top['k']}) | "
+                             f"{best['f1']:.3f} (k={best['k']}) |")
     return "\n".join(lines)
 
 
@@ -142,7 +159,7 @@ def collect(out: Path) -> list[dict]:
         per_seed = {p.name.rsplit("-s", 1)[1]: figures(p) for p in runs}
         row = {"variant": name, "what": what, "report": report, "seeds": ",".join(per_seed), "per_seed": per_seed}
         for k in next(iter(per_seed.values())):
-            values = [f[k] for f in per_seed.values() if f.get(k) is not None]
+            values = [f[k] for f in per_seed.values() if isinstance(f.get(k), (int, float))]
             row[k] = float(np.mean(values)) if values else None
         rows.append(row)
     return rows

@@ -93,4 +93,8 @@ def test_the_methods_table_reads_a_real_run(tiny_reid_run, tmp_path):
     rows = methods.collect(tmp_path)
     assert [r["variant"] for r in rows] == ["baseline", "gem"] and rows[0]["seeds"] == "0,1"
     text = methods.table(rows)
-    assert f"{row['mAP']:.3f} (+0.000)" in text.splitlines()[-1]
+    gem = next(line for line in text.splitlines() if line.startswith("| gem |"))
+    assert f"{row['mAP']:.3f} (+0.000)" in gem
+    # and the variable-length retrieval of each run, from its metrics.json
+    threshold = metrics["reid"]["threshold"]
+    assert f"| gem-s0 | {threshold['value']:.3f} | {threshold['f1']:.3f} |" in text
