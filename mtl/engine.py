@@ -212,6 +212,9 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
     trunk.trainable = trainable_trunk
     optimizer = make_optimizer(name, schedule, args.weight_decay, args.trunk_lr_multiplier,
                                [v.path for v in trunk.trainable_variables])
+    no_decay = _no_weight_decay(model)
+    if no_decay and hasattr(optimizer, "exclude_from_weight_decay"):
+        optimizer.exclude_from_weight_decay(var_list=no_decay)
     _check_policy(model, args.mixed_precision)
     compile_losses(model, tasks, optimizer, args.loss_weights, args.class_weights, args.label_smoothing,
                    args.jit_compile, identity_options=args.identity_options(),
@@ -222,6 +225,20 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
     model.optimizer.build(model.trainable_variables)
     if initial_step:  # a restored backup of this phase overwrites it with the saved count
         model.optimizer.iterations.assign(int(initial_step))
+
+
+def _no_weight_decay(model: keras.Model) -> list:
+    """The variables weight decay must not touch: GeM's exponent (decay pulls ``p`` towards 0,
+    away from both average and max pooling), in ``model`` or any model nested in it."""
+    from mtl.models.layers import GeMPooling
+
+    out, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, GeMPooling) and layer.trainable_p:
+            out.append(layer.exponent)
+        stack.extend(getattr(layer, "layers", []))
+    return out
 
 
 @contextlib.contextmanager

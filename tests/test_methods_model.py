@@ -58,6 +58,22 @@ def test_gem_pooling_config_round_trip():
     assert type(again) is GeMPooling and again.get_config() == config
 
 
+def test_weight_decay_leaves_the_gem_exponent_alone():
+    """AdamW decays every variable it is not told to skip: with no gradient, a kernel shrinks by
+    lr * wd a step; GeM's ``p`` must not (decay pulls it towards 0, off both avg and max)."""
+    from mtl.engine import TrainArgs, compile_model
+
+    model = build_model(TASKS, trunk="resnet_small", pooling="gem", **TINY_MODEL)
+    args = TrainArgs(epochs=1, optimizer="adamw", learning_rate=0.1, weight_decay=0.5, warmup_epochs=0,
+                     schedule="constant")
+    compile_model(model, TASKS, args, steps_per_epoch=1)
+    p, kernel = model.get_layer("pool").exponent, model.get_layer("age").kernel
+    before_p, before_k = float(p), np.asarray(kernel).copy()
+    model.optimizer.apply_gradients([(keras.ops.zeros_like(p), p), (keras.ops.zeros_like(kernel), kernel)])
+    assert float(p) == before_p == 3.0
+    np.testing.assert_allclose(np.asarray(kernel), before_k * (1 - 0.1 * 0.5), rtol=1e-5)
+
+
 def test_cbam_is_the_identity_when_inserted_and_matches_numpy_once_trained():
     x = RNG.normal(size=(2, 5, 4, 64)).astype(np.float32)
     layer = CBAM(reduction=4, kernel_size=3)
