@@ -193,13 +193,32 @@ def test_run_with_camera_and_junk(junk_run, synthetic_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_a_run_with_auxiliary_tasks(junk_run):
+def test_evaluate_a_run_with_auxiliary_tasks(junk_run, capsys):
     from mtl.cli import evaluate
 
     run, _ = junk_run
     assert evaluate.main(["--run", str(run)]) == 0
     evaluation = json.loads((run / "metrics.json").read_text())["evaluation"]
-    assert "junk_dropped" in evaluation["reid"]
+    assert "junk_dropped" in evaluation["reid"] and evaluation["reid"]["junk_threshold"] == 0.5
+    assert "predicted junk (P > 0.5) left out of the ranking" in capsys.readouterr().out
+    # a threshold of 1 drops none
+    assert evaluate.main(["--run", str(run), "--junk-threshold", "1", "--examples", "0"]) == 0
+    evaluation = json.loads((run / "metrics.json").read_text())["evaluation"]
+    assert evaluation["reid"]["junk_dropped"] == 0 and evaluation["settings"]["junk_threshold"] == 1.0
+    assert "junk: 0 gallery image(s) predicted junk (P > 1)" in capsys.readouterr().out
+    with pytest.raises(DataError, match=r"^--junk-threshold must be in \[0, 1\], got 1.5$"):
+        evaluate.main(["--run", str(run), "--junk-threshold", "1.5"])
+
+
+def test_junk_threshold_needs_a_run_with_the_junk_output():
+    from mtl.cli.common import check_junk_threshold
+
+    image = keras.Input((8, 4, 3))
+    model = keras.Model(image, {"gender": keras.layers.Dense(1, name="gender")(keras.layers.Flatten()(image))})
+    check_junk_threshold(None, model, "runs/x")  # not given: nothing to check
+    with pytest.raises(DataError, match=r"^--junk-threshold: the run runs/x has no junk output"):
+        check_junk_threshold(0.5, model, "runs/x")
+    check_junk_threshold(0.5, _stub_model(), "runs/x")
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0])

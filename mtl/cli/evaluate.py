@@ -32,6 +32,10 @@ euclidean; mAP, mINP, rank-1/5/10 and CMC without and with k-reciprocal re-ranki
 metrics of a random ranking ("chance"). --attr-weight / --attr-alpha add attribute-combined
 distances (d_feat + w * d_attr and d_feat * (alpha + d_attr)) to measure whether attributes help.
 
+A run trained with data.junk_fraction > 0 (report 003's junk class) ranks only the gallery images
+it does not predict junk: P(junk) above --junk-threshold (default 0.5) are left out, and the
+command prints how many.
+
 Retrieval examples: with a ranking, RUN/reid_examples.json gets --examples queries (default 9),
 chosen from the best to the worst average precision (best, median and worst among them), each with
 its top 10 gallery images; mtl-report shows them (--queries N).
@@ -55,7 +59,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mtl.cli.common import FORMAT_CHOICES, new_parser, one_of, run_main
+from mtl.cli.common import FORMAT_CHOICES, check_junk_threshold, new_parser, one_of, run_main
 from mtl.errors import ConfigError, DataError, MtlError, WriteError
 
 EXAMPLE_QUERIES = 9  # mtl.reid.protocol.EXAMPLE_QUERIES, without importing the numerical stack for --help
@@ -88,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"ranked retrieval examples written to RUN/reid_examples.json for the report: N queries "
                         f"from best to worst AP (default {EXAMPLE_QUERIES}; 0: none)")
     p.add_argument("--out", help="also write the evaluation to this JSON file")
+    p.add_argument("--junk-threshold", type=float, metavar="P",
+                   help="a run trained with data.junk_fraction > 0: gallery images it predicts junk with "
+                        "P(junk) above this are left out of the ranking (default 0.5; 1: none left out)")
     p.add_argument("--masks", metavar="DIR",
                    help="a run trained with data.person_mask: the person masks of --data (mtl-masks --data DATA "
                         "--out DIR; default: the run's data.person_mask)")
@@ -165,6 +172,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.examples < 0:
         raise ConfigError(f"--examples {args.examples}: give 0 (no retrieval examples) or more")
+    check_junk_threshold(args.junk_threshold)
     from mtl.io import folder_lock
 
     run_dir = Path(args.run)
@@ -182,13 +190,14 @@ def _evaluate(args, run_dir: Path) -> int:
     from mtl.data.pipeline import drop_unreadable
     from mtl.data.masks import mask_folder
     from mtl.data.relabel import load_for_run, unseen_summary
-    from mtl.reid.protocol import evaluate_labelled, evaluation_images, no_ranking_reason
+    from mtl.reid.protocol import JUNK_THRESHOLD, evaluate_labelled, evaluation_images, no_ranking_reason
     from mtl.rundir import METRICS, REID_EXAMPLES, RunDir, load_run
 
     metrics = check_outputs_writable(run_dir, args.out)
     print(f"loading run {run_dir}", flush=True)
     run = load_run(run_dir)  # a corrupt or truncated model.keras is one line naming the file
     tasks = check_outputs(run.model, run.tasks, run_dir, args.tasks)
+    check_junk_threshold(args.junk_threshold, run.model, run_dir)
     cfg = run.config
     root = Path(args.data) if args.data else run.data_root()
     # labelled with the run's class table, by class name (another folder orders its classes otherwise)
@@ -210,12 +219,14 @@ def _evaluate(args, run_dir: Path) -> int:
                                args.batch_size or cfg.train.batch_size, args.distance, args.rerank,
                                args.attr_weight, args.attr_alpha, attributes=not args.no_attributes,
                                examples=args.examples,
+                               junk_threshold=JUNK_THRESHOLD if args.junk_threshold is None else args.junk_threshold,
                                masks=mask_folder(args.masks or cfg.data.person_mask, source.root))
     examples = result.pop("examples", None)
     evaluation = {
         "data": str(source.root), "format": source.name, "images": what,
         "settings": {"images": args.images, "distance": args.distance, "rerank": args.rerank,
                      "attr_weight": args.attr_weight, "attr_alpha": args.attr_alpha, "seed": seed,
+                     "junk_threshold": args.junk_threshold,
                      "tasks": [t.name for t in tasks]},
         "unseen_labels": unseen,
         "skipped_images": skipped.to_dict("records"),
@@ -242,6 +253,9 @@ def _evaluate(args, run_dir: Path) -> int:
     else:
         print(f"re-identification ({reid['feature_layer']} features, {reid['distance']} distance, "
               f"{reid['num_query']} queries, {reid['num_gallery']} gallery images):")
+        if "junk_dropped" in reid:  # a run trained with data.junk_fraction (mtl.reid.protocol.evaluate_labelled)
+            print(f"  junk: {reid['junk_dropped']} gallery image(s) predicted junk (P > {reid['junk_threshold']:g}) "
+                  "left out of the ranking")
         for key in ("plain", "reranked", "attr_weighted", "attr_weighted_reranked", "attr_multiplicative",
                     "attr_multiplicative_reranked", "chance"):
             if key in reid:

@@ -57,7 +57,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mtl.cli.common import new_parser, run_main
+from mtl.cli.common import check_junk_threshold, new_parser, run_main
 from mtl.errors import DataError
 
 DEFAULT_TOP = 100
@@ -107,8 +107,7 @@ def main(argv=None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
     args.reid_threshold = parse_reid_threshold(args.reid_threshold)
-    if args.junk_threshold is not None and not 0 <= args.junk_threshold <= 1:
-        raise DataError(f"--junk-threshold must be in [0, 1], got {args.junk_threshold}")
+    check_junk_threshold(args.junk_threshold)
     if args.images:
         given = [flag for flag, value in (("--top", args.top), ("--distance", args.distance),
                                           ("--rerank", args.rerank),
@@ -198,9 +197,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
     attr_tasks = [t for t in run.tasks if t.name in deliverable]
     layer = embedding_layer_name(run.model)
     junk = has_junk_output(run.model)
-    if args.junk_threshold is not None and not junk:
-        raise DataError(f"--junk-threshold: the run {args.run} has no junk output "
-                        "(train it with data.junk_fraction > 0)")
+    check_junk_threshold(args.junk_threshold, run.model, args.run)
     start = time.time()
     for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
         if len(skipped):
