@@ -33,9 +33,11 @@ scale). The centre loss keeps its fixed weight: it is a regulariser with a weigh
 What is logged into each epoch's logs (``history.json``, TensorBoard): ``loss_weight/<term>``
 (the factor in effect: ``exp(-s_t)`` at the epoch's end, or the DWA weight of the epoch) and
 ``task_loss/<term>`` (the term's mean training loss before that factor) with ``uncertainty`` and
-``dwa``; ``class_weight/<task>/<class index>`` (the weights in effect during the epoch) with
-``confusion``. A resumed run rebuilds the DWA losses from ``history.json`` exactly; the confusion
-weights restart from the last finished epoch's logged weights (that epoch's update is not redone).
+``dwa``; ``class_weight/<task>/<class index>`` (the weights in effect during the epoch),
+``class_recall/<task>/<class index>`` and ``class_rows/<task>/<class index>`` (the epoch's training
+recall and labelled rows of each class present) with ``confusion``. A resumed run rebuilds its
+state from ``history.json`` exactly: the DWA losses, and the confusion weights of the next epoch
+from the last finished epoch's weights, recall and rows.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ CONFUSION_CAP = 10.0
 WEIGHT_KEY = "loss_weight/{}"
 TASK_LOSS_KEY = "task_loss/{}"
 CLASS_WEIGHT_KEY = "class_weight/{}/{}"
+# confusion: each class's training recall in the epoch and its labelled rows (absent: no row)
+CLASS_RECALL_KEY = "class_recall/{}/{}"
+CLASS_ROWS_KEY = "class_rows/{}/{}"
 
 
 def balanced_terms(tasks: Sequence[TaskSpec]) -> list[str]:
@@ -403,10 +408,14 @@ class LossBalanceCallback(keras.callbacks.Callback):
             for index, weight in enumerate(current):
                 logs[CLASS_WEIGHT_KEY.format(task, index)] = float(weight)
             correct, total = counts[task]
+            for index in np.flatnonzero(total > 0):
+                logs[CLASS_RECALL_KEY.format(task, index)] = float(correct[index] / total[index])
+                logs[CLASS_ROWS_KEY.format(task, index)] = int(total[index])
             variable.assign(confusion_weights(current, correct, total).astype(np.float32))
 
     def _rebuild(self, b: LossBalancer, epoch: int) -> None:
-        """A resumed run: the terms' losses of the finished epochs (DWA) and the last class weights."""
+        """A resumed run: the terms' losses of the finished epochs (DWA) and the class weights of
+        ``epoch`` (confusion)."""
         from mtl.callbacks import completed_epochs
 
         rows = completed_epochs(self.history_path, epoch) if self.history_path else []
@@ -418,5 +427,10 @@ class LossBalanceCallback(keras.callbacks.Callback):
             last = rows[-1]
             for task, variable in b.class_weights.items():
                 keys = [CLASS_WEIGHT_KEY.format(task, i) for i in range(int(variable.shape[0]))]
-                if all(k in last for k in keys):
-                    variable.assign(np.asarray([last[k] for k in keys], np.float32))
+                if not all(k in last for k in keys):
+                    continue
+                weights = np.asarray([last[k] for k in keys], np.float64)
+                # that epoch's update, redone from its logged confusion (as on_epoch_end made it)
+                total = np.asarray([last.get(CLASS_ROWS_KEY.format(task, i), 0) for i in range(len(keys))], np.float64)
+                recall = np.asarray([last.get(CLASS_RECALL_KEY.format(task, i), 0.0) for i in range(len(keys))])
+                variable.assign(confusion_weights(weights, recall * total, total).astype(np.float32))

@@ -172,6 +172,37 @@ def test_confusion_class_weights_are_a_variable_the_loss_reads():
     assert loss.get_config()["class_weights"] is None
 
 
+def test_a_resumed_run_redoes_the_last_confusion_update(tmp_path):
+    """The class weights a resumed run starts its epoch with are those the uninterrupted run
+    would have: the last finished epoch's weights, updated from that epoch's logged confusion."""
+    from mtl.balancing import CLASS_RECALL_KEY, CLASS_ROWS_KEY, LossBalanceCallback
+    from mtl.engine import task_losses
+
+    model = _tiny_model([AGE])
+    balancer = attach(model, [AGE], "fixed", "confusion")
+    loss = task_losses([AGE], balancer=balancer)["age"]
+    callback = LossBalanceCallback()
+    callback.set_model(model)
+    callback.on_epoch_begin(0)
+    balancer.class_weights["age"].assign([1.0, 2.0, 0.5, 1.0])
+    loss(Y_AGE, tf.constant([[0.1, 0.7, 0.1, 0.1], [0.2, 0.2, 0.5, 0.1], [0.25] * 4, [0.7, 0.1, 0.1, 0.1]]))
+    logs = {"epoch": 1}
+    callback.on_epoch_end(0, logs)
+    uninterrupted = keras.ops.convert_to_numpy(balancer.class_weights["age"])
+    assert logs[CLASS_RECALL_KEY.format("age", 2)] == 1.0 and logs[CLASS_RECALL_KEY.format("age", 0)] == 0.0
+    assert logs[CLASS_ROWS_KEY.format("age", 0)] == 1 and CLASS_ROWS_KEY.format("age", 1) not in logs
+    assert not np.allclose(uninterrupted, [1.0, 2.0, 0.5, 1.0])
+
+    (tmp_path / "history.json").write_text(json.dumps([logs]))
+    resumed = _tiny_model([AGE])
+    resumed_balancer = attach(resumed, [AGE], "fixed", "confusion")
+    callback = LossBalanceCallback(tmp_path / "history.json")
+    callback.set_model(resumed)
+    callback.on_epoch_begin(1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(resumed_balancer.class_weights["age"]), uninterrupted,
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # each mode trains, logs its weights and reloads
 # ---------------------------------------------------------------------------------------------
