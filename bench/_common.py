@@ -26,6 +26,15 @@ os.environ.setdefault("MTL_PROGRESS", "0")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "market1501-course"
 
 
+def add_size_args(p, trunk_width: bool = True) -> None:
+    """The input size flags every benchmark shares: ``--height`` and ``--width-px`` (pixels) and,
+    for a benchmark that builds a model, ``--width`` (the trunk's width multiplier)."""
+    p.add_argument("--height", type=int, default=128, help="input height in pixels (default 128)")
+    p.add_argument("--width-px", type=int, default=64, help="input width in pixels (default 64)")
+    if trunk_width:
+        p.add_argument("--width", type=float, default=1.0, help="trunk width multiplier (default 1.0)")
+
+
 def load() -> list[float]:
     """The 1, 5 and 15 minute load averages, rounded (the machine is shared: read figures with them)."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import best, compare, finish, market_specs, rates_in_turn, result
+from _common import add_size_args, best, compare, finish, market_specs, rates_in_turn, result
 
 NAME, TITLE = "distribution", "Distribution: mirrored over 2 logical CPUs vs one device (images/s)"
 
@@ -22,9 +22,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width-px", type=int, default=64)
-    p.add_argument("--width", type=float, default=1.0, help="trunk width multiplier")
+    add_size_args(p)
     p.add_argument("--json", help="write the result record here")
     args = p.parse_args(argv)
     start = time.time()

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, best, compare, finish, images_in, market_specs, rates_in_turn, result, skipped
+from _common import (DEFAULT_DATA, add_size_args, best, compare, finish, images_in, market_specs, rates_in_turn,
+                     result, skipped)
 
 NAME, TITLE = "extraction", "Extraction: predict_images vs bare model.predict (images/s)"
 
@@ -26,9 +27,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="Market-1501 course folder (its test/ is read)")
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width-px", type=int, default=64)
-    p.add_argument("--width", type=float, default=1.0, help="trunk width multiplier")
+    add_size_args(p)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", help="write the result record here")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import DEFAULT_DATA, best, compare, finish, images_in, rates_in_turn, result, skipped
+from _common import DEFAULT_DATA, add_size_args, best, compare, finish, images_in, rates_in_turn, result, skipped
 
 NAME, TITLE = "input_pipeline", "Input pipeline: decode + resize + augment (images/s)"
 
@@ -26,8 +26,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="Market-1501 course folder (its train/ is read)")
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=64)
+    add_size_args(p, trunk_width=False)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write the result record here")
     args = p.parse_args(argv)
@@ -48,7 +47,7 @@ def main(argv=None) -> dict:
     from mtl.data.pipeline import make_dataset
 
     record = result(NAME, TITLE, details={"images": len(paths), "folder": str(folder), "batch_size": args.batch_size,
-                                          "size": [args.height, args.width]})
+                                          "size": [args.height, args.width_px]})
     aug = AugmentConfig()
     augment = {"flip": aug.flip, "pad_crop": aug.pad_crop, "color_jitter": aug.color_jitter,
                "random_erasing": aug.random_erasing}
@@ -63,13 +62,13 @@ def main(argv=None) -> dict:
             pass
 
     def package():
-        ds = make_dataset(paths, labels, args.height, args.width, args.batch_size, training=True, augment=augment,
+        ds = make_dataset(paths, labels, args.height, args.width_px, args.batch_size, training=True, augment=augment,
                           cache=False, seed=0)
         for _ in ds:
             pass
 
     def decode_resize():  # the package's decode + resize alone: where the time goes
-        for _ in make_dataset(paths, labels, args.height, args.width, args.batch_size, training=False, cache=False):
+        for _ in make_dataset(paths, labels, args.height, args.width_px, args.batch_size, training=False, cache=False):
             pass
 
     bare()  # page cache, tf.data warm-up

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import best, compare, finish, market_specs, rates_in_turn, result
+from _common import add_size_args, best, compare, finish, market_specs, rates_in_turn, result
 
 NAME, TITLE = "train_step", "Training step: multi-task vs single head (images/s)"
 
@@ -25,10 +25,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width-px", type=int, default=64)
+    add_size_args(p)
     p.add_argument("--trunk", default="resnet_small")
-    p.add_argument("--width", type=float, default=1.0, help="trunk width multiplier")
     p.add_argument("--identities", type=int, default=600)
     p.add_argument("--json", help="write the result record here")
     args = p.parse_args(argv)

@@ -38,7 +38,7 @@ RESULTS = HERE / "results.json"
 BENCHMARKS = {
     "input_pipeline": ("bench_pipeline.py", "Input pipeline: decode + resize + augment (images/s)",
                        (["--data", "{data}"], ["--data", "{data}", "--limit", "3000"],
-                        ["--data", "{data}", "--limit", "64", "--repeats", "1", "--height", "32", "--width", "16"])),
+                        ["--data", "{data}", "--limit", "64", "--repeats", "1", "--height", "32", "--width-px", "16"])),
     "train_step": ("bench_train_step.py", "Training step: multi-task vs single head (images/s)",
                    ([], ["--steps", "5"],
                     ["--steps", "1", "--repeats", "1", "--batch-size", "8", "--height", "32", "--width-px", "16",
