@@ -5,9 +5,8 @@ ImageNet weights, all attributes + identity, 100 held-out identities) on the sam
 schedule (``SCHEDULE``: the same for every variant), plus the variant's ``--set`` options. Each
 run is an ordinary ``mtl-train`` process into ``<out>/<variant>-s<seed>``; a finished run is
 reused, so the comparison can be extended one variant at a time. The figures are read back from
-each run's files: mean attribute accuracy and mA from ``metrics.json``, the instance-based
-precision / recall / F1 recomputed from ``val_predictions.csv`` by ``mtl.metrics`` (one definition for
-every run), rank-1 and mAP from ``metrics.json``'s held-out re-identification.
+each run's ``metrics.json``: mean attribute accuracy, mA and instance-based F1 (``summary``),
+rank-1 and mAP of the held-out re-identification, the variable-length retrieval and the training time.
 
     python bench/methods.py --data ../shared/data/market1501-course --only baseline,gem --seeds 0
     python bench/methods.py --data ../shared/data/market1501-course --table-only --write docs/methods.md
@@ -72,15 +71,10 @@ def run_variant(name: str, seed: int, data: str, out: Path, log) -> Path:
 
 
 def figures(run: Path) -> dict:
-    """The comparison's figures of one finished run."""
-    import pandas as pd
-
-    from mtl.rundir import PREDICTIONS, RunDir
-
+    """The comparison's figures of one finished run (its ``metrics.json``)."""
     metrics = json.loads((run / "metrics.json").read_text())
     summary = metrics.get("summary") or {}
-    row = {"mean_accuracy": summary.get("mean_accuracy"), "mA": summary.get("mA")}
-    row.update(instance_figures(pd.read_csv(run / PREDICTIONS), RunDir(run).read_tasks()))
+    row = {k: summary.get(k) for k in ("mean_accuracy", "mA", "instance_f1")}
     reid = metrics.get("reid") or {}
     plain = reid.get("plain") or {}
     row["rank1"], row["mAP"] = plain.get("rank1"), plain.get("mAP")
@@ -88,19 +82,6 @@ def figures(run: Path) -> dict:
     row["threshold"] = reid.get("threshold")
     row["train_min"] = ((metrics.get("training") or {}).get("train_time_s") or 0) / 60
     return row
-
-
-def instance_figures(predictions, tasks) -> dict:
-    """Instance-based F1 over the person's attributes, from ``predictions.csv`` (``mtl.metrics``'
-    definition: the same for runs written before ``metrics.json`` had it)."""
-    from mtl.metrics import attribute_matrix, instance_metrics
-    from mtl.tasks import AUXILIARY, BINARY, CATEGORICAL
-
-    main = [t for t in tasks if t.kind in (BINARY, CATEGORICAL) and t.name not in AUXILIARY
-            and f"{t.name}_true" in predictions]
-    truth, predicted, _ = attribute_matrix({t.name: predictions[f"{t.name}_true"].to_numpy() for t in main},
-                                           {t.name: predictions[f"{t.name}_pred"].to_numpy() for t in main}, main)
-    return {"instance_f1": instance_metrics(truth, predicted)["instance_f1"]}
 
 
 def table(rows: list[dict]) -> str:

@@ -84,7 +84,7 @@ def test_the_methods_table_reads_a_real_run(tiny_reid_run, tmp_path):
     methods = _methods_module()
     metrics = json.loads((tiny_reid_run / "metrics.json").read_text())
     row = methods.figures(tiny_reid_run)
-    # the instance F1 recomputed from val_predictions.csv is the one the run computed itself
+    # the figures are the run's own (metrics.json)
     assert row["instance_f1"] == pytest.approx(metrics["summary"]["instance_f1"])
     assert row["mAP"] == metrics["reid"]["plain"]["mAP"] and row["rank1"] == metrics["reid"]["plain"]["rank1"]
     # two runs of the baseline: the table shows their mean, and another variant's delta against it
