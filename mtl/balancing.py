@@ -10,7 +10,8 @@
   optimum is ``exp(-s_t) = 1 / L_t``); ``w_t`` scales the whole term, so a fixed weight keeps its
   meaning (in ``exp(-s_t) w_t L_t + s_t`` it would cancel at the optimum). ``s_t`` lives in the
   model (``mtl.losses.UncertaintyWeights``, built by ``build_model(uncertainty_weights=True)``): it
-  is trained by the model's optimizer, without weight decay, and saved in the ``.keras`` file.
+  is trained by the model's optimizer, without weight decay (``mtl.engine.compile_model``), and
+  saved in the ``.keras`` file.
 * ``dwa`` (Liu, Johns and Davison 2019, "End-to-End Multi-Task Learning with Attention"):
   ``w_t(e) = T * softmax_t(r_t / temperature)``, ``r_t = L_t(e-1) / L_t(e-2)``, 1 for the first two
   epochs; ``L_t`` is the term's mean training loss over the epoch (``train.dwa_temperature``,
@@ -290,15 +291,6 @@ class LossBalancer:
                     self.recall[name].threshold = 0.0
             out[name] = loss
         return out
-
-    def exclude_from_weight_decay(self, optimizer) -> None:
-        """Keep weight decay off the log-variances (it would pull every ``s_t`` to 0, i.e. back to
-        fixed weights). Call before the optimizer is built."""
-        if self.log_variance is not None and hasattr(optimizer, "exclude_from_weight_decay"):
-            # by identity and by name (the name also holds if a wrapper hands the optimizer
-            # another object for the same variable)
-            optimizer.exclude_from_weight_decay(var_list=[self.log_variance],
-                                                var_names=[f"^{self.log_variance.name}$"])
 
     # what the callback reads and sets
     def factors(self) -> dict[str, float]:

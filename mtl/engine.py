@@ -173,8 +173,6 @@ def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
 
     balancer = balancing.attach(model, tasks, loss_balancing, class_weighting, dwa_temperature)
     losses = task_losses(tasks, class_weights, label_smoothing, identity_options=identity_options, balancer=balancer)
-    if balancer is not None:
-        balancer.exclude_from_weight_decay(optimizer)
     loss_weights = dict(loss_weights or {})
     unknown = set(loss_weights) - set(losses)
     if unknown:
@@ -228,8 +226,11 @@ def compile_model(model: keras.Model, tasks: Sequence[TaskSpec], args: TrainArgs
 
 
 def _no_weight_decay(model: keras.Model) -> list:
-    """The variables weight decay must not touch: GeM's exponent (decay pulls ``p`` towards 0,
-    away from both average and max pooling), in ``model`` or any model nested in it."""
+    """The variables weight decay must not touch, in ``model`` or any model nested in it: GeM's
+    exponent (decay pulls ``p`` towards 0, away from both average and max pooling) and the
+    uncertainty log-variances (decay would pull every ``s_t`` to 0, i.e. back to fixed weights).
+    One list for one ``exclude_from_weight_decay`` call: each call replaces the previous one's."""
+    from mtl.losses import UncertaintyWeights
     from mtl.models.layers import GeMPooling
 
     out, stack = [], list(model.layers)
@@ -237,6 +238,8 @@ def _no_weight_decay(model: keras.Model) -> list:
         layer = stack.pop()
         if isinstance(layer, GeMPooling) and layer.trainable_p:
             out.append(layer.exponent)
+        elif isinstance(layer, UncertaintyWeights):
+            out.append(layer.log_variance)
         stack.extend(getattr(layer, "layers", []))
     return out
 

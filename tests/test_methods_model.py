@@ -60,17 +60,22 @@ def test_gem_pooling_config_round_trip():
 
 def test_weight_decay_leaves_the_gem_exponent_alone():
     """AdamW decays every variable it is not told to skip: with no gradient, a kernel shrinks by
-    lr * wd a step; GeM's ``p`` must not (decay pulls it towards 0, off both avg and max)."""
+    lr * wd a step; GeM's ``p`` must not (decay pulls it towards 0, off both avg and max), nor the
+    uncertainty log-variances, both at once (each exclude_from_weight_decay call replaces the last)."""
+    from mtl.balancing import UNCERTAINTY_LAYER
     from mtl.engine import TrainArgs, compile_model
 
-    model = build_model(TASKS, trunk="resnet_small", pooling="gem", **TINY_MODEL)
+    model = build_model(TASKS, trunk="resnet_small", pooling="gem", uncertainty_weights=True, **TINY_MODEL)
     args = TrainArgs(epochs=1, optimizer="adamw", learning_rate=0.1, weight_decay=0.5, warmup_epochs=0,
-                     schedule="constant")
+                     schedule="constant", loss_balancing="uncertainty")
     compile_model(model, TASKS, args, steps_per_epoch=1)
     p, kernel = model.get_layer("pool").exponent, model.get_layer("age").kernel
+    s = model.get_layer(UNCERTAINTY_LAYER).log_variance
+    s.assign(keras.ops.ones_like(s))
     before_p, before_k = float(p), np.asarray(kernel).copy()
-    model.optimizer.apply_gradients([(keras.ops.zeros_like(p), p), (keras.ops.zeros_like(kernel), kernel)])
+    model.optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in (p, kernel, s)])
     assert float(p) == before_p == 3.0
+    np.testing.assert_array_equal(np.asarray(s), 1.0)
     np.testing.assert_allclose(np.asarray(kernel), before_k * (1 - 0.1 * 0.5), rtol=1e-5)
 
 
