@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     from mtl.data.relabel import load_for_run
     from mtl.inference import extract_features
-    from mtl.metrics import class_probabilities
+    from mtl.scoring import class_probabilities
     from mtl.reid.embedding import feature_model
     from mtl.rundir import load_run
     from mtl.search import Condition, Gallery, attribute_tasks, search

@@ -54,7 +54,7 @@ from keras import ops
 from mtl.errors import ConfigError
 from mtl.losses import BalancedLoss, UncertaintyWeights, _MaskedLoss
 from mtl.reid.heads import EMBEDDING
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
 
 LOSS_BALANCING = ("fixed", "uncertainty", "dwa")  # mtl.config.LOSS_BALANCING mirrors it
 CLASS_WEIGHTING = ("none", "inverse", "positive", "confusion")  # mtl.config.CLASS_WEIGHTING mirrors it
@@ -80,9 +80,9 @@ CLASS_ROWS_KEY = "class_rows/{}/{}"
 def balanced_terms(tasks: Sequence[TaskSpec]) -> list[str]:
     """The output names whose losses are balanced: the attribute tasks, then the identity task's
     classifier and ``embedding`` (the centre loss keeps its fixed weight)."""
-    terms = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
-    identity = [t.name for t in tasks if t.kind == IDENTITY]
-    return terms + ([identity[0], EMBEDDING] if identity else [])
+    terms = [t.name for t in attribute_tasks(tasks)]
+    identity = find_identity(tasks)
+    return terms + ([identity.name, EMBEDDING] if identity else [])
 
 
 def uncertainty_layer(tasks: Sequence[TaskSpec]) -> UncertaintyWeights:
@@ -267,12 +267,10 @@ class LossBalancer:
         self.recall: dict[str, _RecallCounts] = {}
         self.class_weights: dict[str, keras.Variable] = {}
         if class_weighting == "confusion":
-            for t in tasks:
-                if t.kind in (BINARY, CATEGORICAL):
-                    k = 2 if t.kind == BINARY else t.num_classes
-                    self.recall[t.name] = _RecallCounts(k, name=f"{t.name}_recall_counts")
-                    self.class_weights[t.name] = keras.Variable(np.ones(k, np.float32), trainable=False,
-                                                                name=f"{t.name}_class_weights")
+            for t in classification_tasks(tasks):
+                self.recall[t.name] = _RecallCounts(t.num_classes, name=f"{t.name}_recall_counts")
+                self.class_weights[t.name] = keras.Variable(np.ones(t.num_classes, np.float32), trainable=False,
+                                                            name=f"{t.name}_class_weights")
 
     def wrap(self, losses: Mapping[str, keras.losses.Loss]) -> dict:
         """``losses`` with the hooks set: masked losses get ``term`` (and the class-weight variable

@@ -22,8 +22,9 @@ KEEP = ("best", "last")  # which epoch's weights a run ends with
 
 class MaskedLossLogger(keras.callbacks.Callback):
     """Adds ``masked_loss`` / ``val_masked_loss``: the loss-weighted sum of each task's masked
-    cross-entropy over the whole epoch (Keras' logged ``loss`` averages per-batch values, so a
-    batch with no label counts as 0). Must come before the callbacks that monitor it.
+    loss over the whole epoch (its ``xent`` metric, or the metric ``epoch_losses`` names: a
+    regression task's ``huber``; Keras' logged ``loss`` averages per-batch values, so a batch with
+    no label counts as 0). Must come before the callbacks that monitor it.
 
     With ``embedding_weight`` (runs with attributes and an identity embedding) it also adds
     ``joint_loss`` / ``val_joint_loss``: the masked loss plus the weighted metric-learning loss of
@@ -31,17 +32,19 @@ class MaskedLossLogger(keras.callbacks.Callback):
     classes, while the triplet loss is measured on the held-out people.
     """
 
-    def __init__(self, weights: Mapping[str, float], embedding_weight: float | None = None):
+    def __init__(self, weights: Mapping[str, float], embedding_weight: float | None = None,
+                 epoch_losses: Mapping[str, str] | None = None):
         super().__init__()
         self.weights = dict(weights)
         self.embedding_weight = embedding_weight
+        self.epoch_losses = dict(epoch_losses or {})
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         self._name_single_output_metrics(logs)
         for prefix in ("", "val_"):
-            keys = [(f"{prefix}{t}_xent", w) for t, w in self.weights.items()]
+            keys = [(f"{prefix}{t}_{self.epoch_losses.get(t, 'xent')}", w) for t, w in self.weights.items()]
             if keys and all(k in logs for k, _ in keys):  # identity-only runs have no masked loss
                 logs[f"{prefix}masked_loss"] = float(sum(w * float(logs[k]) for k, w in keys))
             embedding = logs.get(f"{prefix}{EMBEDDING}_loss")

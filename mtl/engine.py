@@ -33,11 +33,9 @@ import tensorflow as tf
 from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLearningRate, EpochLine,
                            HistoryWriter, MaskedLossLogger, RunEarlyStopping, RunTensorBoard, fit_verbosity)
 from mtl.errors import ConfigError
-from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
-from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
 from mtl.optim import WarmupSchedule, make_optimizer, phase_optimizer
 from mtl.reid.heads import EMBEDDING
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
 
 from mtl.distribute import DISTRIBUTE  # noqa: F401  (the choices of train.distribute; mtl.config checks them)
 # train.mixed_precision: Keras dtype policies ("none": Keras's default float32); mtl.config.MIXED_PRECISION
@@ -133,20 +131,14 @@ def task_losses(tasks: Sequence[TaskSpec], class_weights: Mapping[str, Sequence[
     class_weights = class_weights or {}
     losses = {}
     for spec in tasks:
-        if spec.kind == BINARY:
-            losses[spec.name] = MaskedBinaryCrossentropy(class_weights.get(spec.name), label_smoothing)
-        elif spec.kind == CATEGORICAL:
-            losses[spec.name] = MaskedSparseCategoricalCrossentropy(class_weights.get(spec.name), label_smoothing)
-        elif spec.kind == IDENTITY:
-            from mtl.reid.losses import identity_losses
-
-            losses.update(identity_losses(spec, **(identity_options or {})))
+        losses.update(spec.type.losses(spec, class_weights.get(spec.name), label_smoothing, identity_options))
     return balancer.wrap(losses) if balancer is not None else losses
 
 
 def task_metrics(tasks: Sequence[TaskSpec]) -> dict:
-    """Masked accuracy and cross-entropy per task (epoch values over labelled rows only)."""
-    return {s.name: [MaskedAccuracy(name="accuracy"), MaskedCrossentropy(name="xent")] for s in tasks}
+    """Each task's epoch metrics over its labelled rows (``TaskKind.training_metrics``: masked
+    accuracy and cross-entropy of a classifier, the identity classifier's included)."""
+    return {s.name: s.type.training_metrics(s) for s in tasks}
 
 
 def compile_losses(model: keras.Model, tasks: Sequence[TaskSpec], optimizer,
@@ -283,20 +275,25 @@ def monitor_for(tasks) -> str:
     identity task as well, that plus the embedding's triplet loss on the held-out people (the
     attributes alone start to overfit while the embedding still improves); identity-only runs
     watch the training loss (validation identities are not the classifier's classes)."""
-    attributes = any(t.kind in (BINARY, CATEGORICAL) for t in tasks)
-    if attributes and any(t.kind == IDENTITY for t in tasks):
+    attributes = bool(attribute_tasks(tasks))
+    if attributes and find_identity(tasks) is not None:
         return "val_joint_loss"
     return "val_masked_loss" if attributes else "loss"
 
 
 def embedding_loss_weight(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> float | None:
     """Weight of the embedding's metric loss in ``joint_loss``; None without an identity task."""
-    return float(loss_weights.get(EMBEDDING, 1.0)) if any(t.kind == IDENTITY for t in tasks) else None
+    return float(loss_weights.get(EMBEDDING, 1.0)) if find_identity(tasks) is not None else None
 
 
 def attribute_loss_weights(tasks: Sequence[TaskSpec], loss_weights: Mapping[str, float]) -> dict:
     """Weights of the attribute tasks' masked losses (what ``masked_loss`` sums)."""
-    return {t.name: float(loss_weights.get(t.name, 1.0)) for t in tasks if t.kind in (BINARY, CATEGORICAL)}
+    return {t.name: float(loss_weights.get(t.name, 1.0)) for t in attribute_tasks(tasks)}
+
+
+def epoch_loss_metrics(tasks: Sequence[TaskSpec]) -> dict:
+    """The metric that is each attribute task's epoch loss (``TaskKind.epoch_loss``: ``xent``, ``huber``)."""
+    return {t.name: t.type.epoch_loss for t in attribute_tasks(tasks)}
 
 
 def trunk_phases(freeze_trunk_epochs: int, epochs: int, initial_epoch: int = 0) -> list[tuple[int, int, bool]]:
@@ -401,7 +398,7 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
     monitor = monitor_for(tasks)
     history = paths.history if paths else None
     callbacks = [MaskedLossLogger(attribute_loss_weights(tasks, args.loss_weights),
-                                  embedding_loss_weight(tasks, args.loss_weights)),
+                                  embedding_loss_weight(tasks, args.loss_weights), epoch_loss_metrics(tasks)),
                  EpochLearningRate(),  # after the masked loss: a one-output model's logs are renamed there
                  keras.callbacks.TerminateOnNaN()]
     if args.loss_balancing != "fixed" or args.class_weighting == "confusion":
@@ -419,10 +416,10 @@ def run_callbacks(tasks: Sequence[TaskSpec], args: TrainArgs, paths: RunPaths | 
         if backup:  # saves weights, optimizer and epoch each epoch; a rerun continues from there
             callbacks.append(AtomicBackupAndRestore(str(paths.backup), delete_checkpoint=False))
     if paths and paths.tensorboard is not None:
-        callbacks.append(RunTensorBoard(paths.tensorboard, [t.name for t in tasks if t.kind == IDENTITY],
-                                        images_per_epoch))
+        identity = find_identity(tasks)
+        callbacks.append(RunTensorBoard(paths.tensorboard, [identity.name] if identity else [], images_per_epoch))
     if log is not None:
-        callbacks.append(EpochLine(log, monitor, [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)],
+        callbacks.append(EpochLine(log, monitor, [t.name for t in classification_tasks(tasks)],
                                    epochs=args.epochs, images_per_epoch=images_per_epoch))
     return callbacks
 
@@ -518,22 +515,12 @@ def _as_dict(outputs, names: Sequence[str]) -> dict:
     return dict(zip(names, outputs))
 
 
-def _label_weight(loss, y_true):
-    """What a masked loss divides by on this replica: the class weights of its labelled rows."""
-    from mtl.losses import _class_weight_lookup
-
-    labels = tf.reshape(tf.cast(y_true, tf.int32), (-1,))
-    valid = labels >= 0
-    weights = _class_weight_lookup(tf.where(valid, labels, tf.zeros_like(labels)), loss.class_weights)
-    return tf.reduce_sum(tf.where(valid, tf.cast(weights, tf.float32), tf.zeros_like(weights, tf.float32)))
-
-
 def replica_losses(losses: Mapping, loss_weights: Mapping[str, float], y: Mapping, outputs: Mapping) -> dict:
     """This replica's share of each weighted loss of the GLOBAL batch: summed over the replicas
     (the optimizer all-reduces gradients by SUM) they give the single-device value of the whole batch.
 
-    * a masked loss (``MaskedBinaryCrossentropy`` / ``MaskedSparseCategoricalCrossentropy``) is a
-      weighted mean over the labelled rows; the replica's mean is multiplied by its share of the
+    * a masked loss (one with ``label_weight``: ``mtl.losses``' masked cross-entropies and Huber
+      loss) is a weighted mean over the labelled rows; the replica's mean is multiplied by its share of the
       global label weight (``W_replica / W_global``, all-reduced): exactly the masked mean over the
       labelled rows of the global batch, however the labels fall across replicas;
     * any other loss (the embedding's triplet and center losses) is a batch mean, scaled by the
@@ -542,14 +529,12 @@ def replica_losses(losses: Mapping, loss_weights: Mapping[str, float], y: Mappin
 
     Must run in a replica context (``strategy.run``).
     """
-    from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy
-
     context = tf.distribute.get_replica_context()
     parts = {}
     for name, loss in losses.items():
         value = tf.cast(loss.call(y[name], outputs[name]), tf.float32)  # the batch mean, unscaled
-        if isinstance(loss, (MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy)):
-            local = _label_weight(loss, y[name])
+        if getattr(loss, "label_weight", None) is not None:
+            local = loss.label_weight(y[name])
         else:
             local = tf.cast(tf.shape(outputs[name])[0], tf.float32)
         total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)

@@ -28,7 +28,7 @@ from mtl.data.prepare import PreparedData, datasets, prepare_data, uses_pk_sampl
 from mtl.errors import DataError
 from mtl.io import ensure_writable, folder_lock
 from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, TENSORBOARD, DataInfo, ModelInfo, RunDir, clear, plan
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, JUNK
+from mtl.tasks import CATEGORICAL, JUNK, KINDS, attribute_tasks, classification_tasks, find_identity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,11 +114,11 @@ def class_weights_for(data: PreparedData, mode: str = "inverse") -> dict | None:
         return None
     weights = {}
     # junk: its training labels are made per batch (data.junk_fraction), not the table's zeros
-    for t in data.tasks:
-        if t.kind not in (BINARY, CATEGORICAL) or t.name == JUNK:
+    for t in classification_tasks(data.tasks):
+        if t.name == JUNK:
             continue
         labels = data.train[t.name].to_numpy()
-        weights[t.name] = (positive_ratio_weights(labels) if mode == "positive" and t.kind == BINARY
+        weights[t.name] = (positive_ratio_weights(labels) if mode == "positive" and t.type.yes_no
                            else inverse_frequency_weights(labels, t.num_classes))
     return weights
 
@@ -193,7 +193,7 @@ def _same_labels_as_run(run: RunDir, data: PreparedData) -> PreparedData:
     if set(saved) != set(new):
         raise DataError(f"{run.path} was trained on tasks {', '.join(saved)}; the data now gives "
                         f"{', '.join(new)}: pass --overwrite to start afresh")
-    attributes = [t for t in data.tasks if t.kind != IDENTITY]
+    attributes = attribute_tasks(data.tasks)
     run_attributes = [saved[t.name] for t in attributes]
     train, _ = relabel(data.train, attributes, run_attributes)
     val, _ = relabel(data.val, attributes, run_attributes)
@@ -235,7 +235,7 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
     masks = mask_folder(cfg.data.person_mask, data.source.root)  # None: RGB only
     metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch, masks=masks)
     run.write_csv(PREDICTIONS, predictions)
-    if any(t.kind == IDENTITY for t in data.tasks):
+    if find_identity(data.tasks) is not None:
         from mtl.reid.protocol import evaluate_holdout
 
         metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed, masks=masks)
@@ -309,8 +309,7 @@ def data_lines(info: DataInfo, tasks) -> list[str]:
     skipped = f"{info.skipped} unreadable image{'s' if info.skipped != 1 else ''} skipped"
     return [f"data: {info.format} format, {where}",
             f"      {splits}; {skipped}",
-            "tasks: " + ", ".join(f"{t.name} ({t.num_classes} {'identities' if t.kind == IDENTITY else 'classes'})"
-                                  for t in tasks)]
+            "tasks: " + ", ".join(f"{t.name} ({t.type.size(t)})" for t in tasks)]
 
 
 def model_line(info: ModelInfo, cfg: Config) -> str:
@@ -350,13 +349,12 @@ def result_lines(metrics: dict) -> list[str]:
     validation figure: validation people are not its classes), the mean, and re-identification."""
     lines = ["validation:"] if metrics.get("tasks") else []
     for name, r in metrics.get("tasks", {}).items():
-        lines.append(f"  {name:12s} accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
-                     f"(majority {r['majority_accuracy']:.3f})")
+        lines.append(f"  {name:12s} {KINDS[r.get('kind', CATEGORICAL)].result_line(r)}")
     summary = metrics.get("summary") or {}
     if summary.get("mean_accuracy") is not None:
         ma = f"  mA {summary['mA']:.3f}" if summary.get("mA") is not None else ""
         lines.append(f"  mean accuracy {summary['mean_accuracy']:.3f}{ma}")
-    from mtl.metrics import instance_line
+    from mtl.scoring import instance_line
 
     if line := instance_line(summary):  # the instance-based PAR metrics
         lines.append(f"  {line}")

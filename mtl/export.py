@@ -15,8 +15,9 @@ wrapping the run's model, so its layers and weights are the trained ones:
   antialiased bilinear filter (PIL's ``Image.resize(..., Image.BILINEAR)``) before.
 * outputs, named:
     - ``<task>`` for every attribute task: ``float32 (N, K)`` class probabilities in the order of
-      the run's class names, exactly ``mtl.metrics.class_probabilities``: the softmax of a
-      categorical task; ``[1 - p, p]`` for a binary task (its one sigmoid unit ``p``).
+      the run's class names, exactly ``mtl.scoring.class_probabilities``: the softmax of a
+      categorical task; ``[1 - p, p]`` for a binary task (its one sigmoid unit ``p``); a
+      regression task's ``float32 (N, 1)`` value (``TaskKind.serving_output``).
     - ``embedding``: ``float32 (N, D)`` the re-identification descriptor, L2-normalised as
       ``mtl.reid.embedding.extract_embeddings`` does (``x / max(|x|, tiny)``; compare with the dot
       product or the Euclidean distance): the identity head's BN-neck output, or the pooled trunk
@@ -49,6 +50,7 @@ import numpy as np
 
 from mtl.errors import ConfigError, MtlError
 from mtl.rundir import EXPORT, EXPORT_FILES, MODEL_JSON, ModelInfo, RunDir
+from mtl.tasks import attribute_tasks
 
 SAVED_MODEL, LITERT, ONNX = "saved_model", "litert", "onnx"
 # our format name -> Keras's ``Model.export(format=...)``
@@ -98,13 +100,6 @@ def require(module: str, fmt: str, what: str) -> None:
                        f"pip install 'mtl-keras[export]' (or pip install {PIP_NAMES.get(module, module)})")
 
 
-def attribute_tasks(tasks) -> list:
-    """The tasks whose probabilities are exported: every task but the identity classifier."""
-    from mtl.tasks import IDENTITY
-
-    return [t for t in tasks if t.kind != IDENTITY]
-
-
 def serving_model(model, tasks, height: int, width: int, resize: bool = False):
     """The serving model: raw uint8 images -> named probabilities and the L2-normalised embedding.
 
@@ -122,7 +117,6 @@ def serving_model(model, tasks, height: int, width: int, resize: bool = False):
     import keras
 
     from mtl.reid.embedding import embedding_layer_name
-    from mtl.tasks import BINARY
 
     exported = attribute_tasks(tasks)
     layer = embedding_layer_name(model)
@@ -136,9 +130,8 @@ def serving_model(model, tasks, height: int, width: int, resize: bool = False):
     raw = features(x, training=False)
     outputs = {}
     for t in exported:
-        p = raw[t.name]
-        # mtl.metrics.class_probabilities: a sigmoid unit p is the two classes [1 - p, p]
-        outputs[t.name] = keras.ops.concatenate([1.0 - p, p], axis=-1) if t.kind == BINARY else p
+        # what mtl.scoring.class_probabilities gives (a sigmoid unit p is the two classes [1 - p, p])
+        outputs[t.name] = t.type.serving_output(raw[t.name], t)
     e = keras.ops.reshape(raw[EMBEDDING_OUTPUT], (-1, int(np.prod(raw[EMBEDDING_OUTPUT].shape[1:]))))
     # mtl.reid.embedding.l2_normalize: x / max(|x|, tiny); a zero row stays zero
     norm = keras.ops.sqrt(keras.ops.sum(e * e, axis=-1, keepdims=True))
@@ -168,13 +161,8 @@ def serving_contract(tasks, height: int, width: int, fmt: str, artifact: str, em
         embedding_layer: the layer the embedding comes from (``embedding`` or ``pool``).
         embedding_dim: its size.
     """
-    from mtl.tasks import BINARY
-
     resize = fmt in RESIZES_INSIDE
-    outputs = {t.name: {"shape": [None, t.num_classes], "dtype": "float32", "kind": t.kind,
-                        "what": "class probabilities (" + ("[1 - p, p] of the sigmoid unit" if t.kind == BINARY
-                                                           else "softmax") + "), in the order of classes",
-                        "classes": list(t.classes)} for t in attribute_tasks(tasks)}
+    outputs = {t.name: t.type.serving_contract(t) for t in attribute_tasks(tasks)}
     outputs[EMBEDDING_OUTPUT] = {"shape": [None, embedding_dim], "dtype": "float32", "kind": "embedding",
                                  "what": f"re-identification descriptor (layer {embedding_layer!r}), "
                                          "L2-normalised: compare by dot product or Euclidean distance",

@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from mtl.data.pipeline import AUTOTUNE, decode_image, decode_image_and_mask
 from mtl.errors import DataError
-from mtl.metrics import class_probabilities, evaluate_attributes
+from mtl.scoring import class_probabilities, evaluate_attributes
 from mtl.progress import progress
-from mtl.tasks import BINARY, CATEGORICAL
+from mtl.tasks import attribute_tasks
 
 
 def image_batches(paths: Sequence[str], height: int, width: int, batch_size: int,
@@ -155,17 +155,20 @@ def evaluate_model(model: keras.Model, tasks, table: pd.DataFrame, height: int, 
 
     Returns:
         ``({"tasks": {task: metrics}, "summary": ..., "instance": ..., "num_images": N}, predictions
-        frame)`` (``mtl.metrics.evaluate_attributes``: the summary holds mA and the instance-based
+        frame)`` (``mtl.scoring.evaluate_attributes``: the summary holds mA and the instance-based
         accuracy / precision / recall / F1).
     """
     outputs = extract_features(model, table["path"], height, width, batch_size, desc="predicting", masks=masks)
-    attributes = [spec for spec in tasks if spec.kind in (BINARY, CATEGORICAL)]
+    attributes = attribute_tasks(tasks)
     labels = {spec.name: table[spec.name].to_numpy() for spec in attributes}
     probabilities = {spec.name: class_probabilities(outputs[spec.name], spec) for spec in attributes}
     frame = table[["path", "identity", "camera"]].copy()
     for spec in attributes:
         probs = probabilities[spec.name]
         frame[f"{spec.name}_true"] = labels[spec.name]
+        if not spec.type.has_classes:  # a regression task's value
+            frame[f"{spec.name}_pred"] = probs[:, 0].round(4)
+            continue
         frame[f"{spec.name}_pred"] = probs.argmax(1)
         frame[f"{spec.name}_conf"] = probs.max(1).round(4)
     return {**evaluate_attributes(labels, probabilities, attributes), "num_images": int(len(table))}, frame

@@ -7,7 +7,8 @@ sample or class weights it normalises differently; here the rule is explicit and
 
     loss = sum_i w_i * l_i / sum_i w_i      over labelled rows i, w_i = class weight of y_i (1 if none)
 
-Models output probabilities (softmax / sigmoid), so ``from_logits`` is False by default.
+Models output probabilities (softmax / sigmoid), so ``from_logits`` is False by default. A
+regression output's labels are floats, NaN where missing (``MaskedHuber``).
 
 Balancing during training (``mtl.balancing``) hooks into these losses at compile time without
 changing their saved config: a masked loss's ``term`` (a callable that turns the batch value into
@@ -73,6 +74,15 @@ class _MaskedLoss(keras.losses.Loss):
     def class_weights(self):
         """The class weights in use: the balancer's variable when set, else the static list (or None)."""
         return self.class_weight_variable if self.class_weight_variable is not None else self._class_weights
+
+    def label_weight(self, y_true):
+        """What the loss divides by for these labels: the class weights of the labelled rows (the
+        engine's custom loop shares a global batch's mean out across replicas by it)."""
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        valid = labels >= 0
+        weights = ops.cast(_class_weight_lookup(ops.where(valid, labels, ops.zeros_like(labels)), self.class_weights),
+                           "float32")
+        return ops.sum(ops.where(valid, weights, ops.zeros_like(weights)))
 
     def _reduce(self, per_row, labels, valid, y_pred):
         value = _masked_weighted_mean(per_row, valid, _class_weight_lookup(labels, self.class_weights))
@@ -141,6 +151,47 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
         return self._reduce(per_row, safe, valid, y_pred)
 
 
+def huber(error, delta: float = 1.0):
+    """The Huber loss of an error, elementwise: ``e^2 / 2`` up to ``|e| = delta``, linear beyond."""
+    a = ops.abs(error)
+    quadratic = ops.minimum(a, delta)
+    return 0.5 * quadratic * quadratic + delta * (a - quadratic)
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class MaskedHuber(keras.losses.Loss):
+    """Huber loss of a regression output over the rows with a label (NaN = missing), the error
+    measured in units of ``scale``: a one-spread error costs what a cross-entropy of 0.5 does,
+    whatever the labels' units; exactly 0 for a batch without a labelled row. Balancing wraps it
+    in ``BalancedLoss`` (it has no class weights).
+
+    Args:
+        scale: the unit of the error (the training labels' standard deviation).
+        delta: where the loss turns from quadratic to linear, in units of ``scale``.
+    """
+
+    def __init__(self, scale: float = 1.0, delta: float = 1.0, name="masked_huber", **kwargs):
+        kwargs.setdefault("reduction", "sum")  # call() already returns the batch mean
+        super().__init__(name=name, **kwargs)
+        self.scale = float(scale)
+        self.delta = float(delta)
+
+    def call(self, y_true, y_pred):
+        target = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        valid = ops.logical_not(ops.isnan(target))
+        error = (ops.reshape(ops.cast(y_pred, "float32"), (-1,)) - ops.where(valid, target, ops.zeros_like(target)))
+        per_row = huber(error / self.scale, self.delta)
+        return _masked_weighted_mean(per_row, valid, ops.ones_like(per_row))
+
+    def label_weight(self, y_true):
+        """The labelled rows' count (see ``_MaskedLoss.label_weight``)."""
+        target = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        return ops.sum(ops.cast(ops.logical_not(ops.isnan(target)), "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "delta": self.delta}
+
+
 @keras.saving.register_keras_serializable(package="mtl")
 class BalancedLoss(keras.losses.Loss):
     """Another loss with the balancing hook of the masked losses (``term``, see ``_MaskedLoss``):
@@ -157,6 +208,8 @@ class BalancedLoss(keras.losses.Loss):
         super().__init__(name=name or loss.name, **kwargs)
         self.loss = loss
         self.term = None
+        # a wrapped masked loss is still a mean over its labelled rows (mtl.engine.replica_losses)
+        self.label_weight = getattr(loss, "label_weight", None)
 
     def call(self, y_true, y_pred):
         value = ops.cast(self.loss(y_true, y_pred), "float32")

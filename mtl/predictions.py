@@ -4,8 +4,9 @@
 
 =====================  ==========================================================================
 ``path``               the image file, as listed
-``<task>``             per attribute task (binary or categorical), the predicted class NAME
-``<task>_prob``        its probability
+``<task>``             per classification task (binary or categorical), the predicted class NAME;
+                       per regression task, the predicted value
+``<task>_prob``        a classification task's probability of that class
 ``<task>=<class>``     with ``probabilities=True``: the probability of every class of the task
                        (they sum to 1 per task; a binary task's two classes are ``1 - p`` and ``p``)
 =====================  ==========================================================================
@@ -44,7 +45,8 @@ import pandas as pd
 from mtl.errors import DataError
 from mtl.io import atomic_path, make_folder
 from mtl.rundir import EMBEDDINGS, PREDICTIONS_CSV, SKIPPED
-from mtl.tasks import IDENTITY, TaskSpec, attribute_tasks
+from mtl.scoring import class_probabilities
+from mtl.tasks import TaskSpec, attribute_tasks, find_identity
 
 CHUNK_SIZE = 4096  # paths per call of extract_features: bounds memory, large enough to keep the pipeline busy
 PATH_COLUMN = "path"
@@ -75,6 +77,9 @@ def prediction_columns(tasks: Sequence[TaskSpec], probabilities: bool = False) -
     """The header of ``predictions.csv`` (see the module docstring)."""
     columns = [PATH_COLUMN]
     for t in attribute_tasks(tasks):
+        if not t.type.has_classes:  # a value
+            columns.append(t.name)
+            continue
         columns += [t.name, t.name + PROB_SUFFIX]
         if probabilities:
             columns += [f"{t.name}={c}" for c in t.classes]
@@ -95,11 +100,12 @@ def prediction_frame(paths: Sequence[str], outputs: dict[str, np.ndarray], tasks
     Returns:
         The columns of ``prediction_columns(tasks, probabilities)``.
     """
-    from mtl.metrics import class_probabilities
-
     data: dict[str, object] = {PATH_COLUMN: list(map(str, paths))}
     for t in attribute_tasks(tasks):
         probs = class_probabilities(outputs[t.name], t)
+        if not t.type.has_classes:
+            data[t.name] = probs[:, 0]
+            continue
         best = probs.argmax(1)
         data[t.name] = np.asarray(t.classes, dtype=object)[best]
         data[t.name + PROB_SUFFIX] = probs[np.arange(len(best)), best]
@@ -148,7 +154,7 @@ def predict_images(model, tasks: Sequence[TaskSpec], paths: Sequence[str], heigh
     out = make_folder(out)
     attrs = attribute_tasks(tasks)
     layers = [t.name for t in attrs]
-    has_embedding = any(t.kind == IDENTITY for t in tasks) and EMBEDDING in {layer.name for layer in model.layers}
+    has_embedding = find_identity(tasks) is not None and EMBEDDING in {layer.name for layer in model.layers}
     if has_embedding:
         layers.append(EMBEDDING)
     if not layers:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from mtl.errors import ConfigError, DataError
 from mtl.reid.index import EXACT, INDEX_JSON, EmbeddingIndex, build_index, load_index
-from mtl.tasks import TaskSpec, attribute_tasks
+from mtl.tasks import TaskSpec, classification_tasks
 
 DEFAULT_WEIGHT = 0.05
 APPROX_CANDIDATES = 1000
@@ -73,7 +73,7 @@ def parse_where(text: str, tasks: Sequence[TaskSpec]) -> list[Condition]:
         ConfigError: a malformed pair, an unknown task or value (one line listing the valid ones),
             or one task asked with two different values.
     """
-    by_name = {t.name.lower(): t for t in attribute_tasks(tasks)}
+    by_name = {t.name.lower(): t for t in classification_tasks(tasks)}
     if not by_name:
         raise ConfigError("--where: the run has no attribute task to search by")
     conditions: dict[str, Condition] = {}
@@ -102,7 +102,7 @@ def value_probabilities(probabilities: Mapping[str, np.ndarray], conditions: Seq
     """``(N, C)`` probability of each asked value (columns in ``conditions`` order).
 
     Args:
-        probabilities: ``{task: (N, K) class probabilities}`` (``mtl.metrics.class_probabilities``).
+        probabilities: ``{task: (N, K) class probabilities}`` (``mtl.scoring.class_probabilities``).
         conditions: from ``parse_where``.
 
     Raises:
@@ -167,7 +167,7 @@ class Gallery:
             raise DataError(f"{folder}: no saved gallery ({PREDICTIONS_CSV} missing)")
         table = pd.read_csv(csv, keep_default_na=False, low_memory=False)
         probabilities = {}
-        for t in attribute_tasks(tasks):
+        for t in classification_tasks(tasks):
             columns = [f"{t.name}={c}" for c in t.classes]
             if all(c in table.columns for c in columns):
                 probabilities[t.name] = table[columns].to_numpy(dtype=np.float32)

@@ -30,7 +30,6 @@ from mtl import tasks as task_lib
 from mtl.config import Config, to_dict
 from mtl.errors import ConfigError, MtlError
 from mtl.rundir import FINISHED, STUDY_CSV, STUDY_JSON, STUDY_RUNS_CSV, RunDir, config_diff, plan
-from mtl.tasks import BINARY, CATEGORICAL
 
 ALL = "all"  # the set of the main task with every auxiliary task
 
@@ -58,7 +57,7 @@ def resolve_study_tasks(main: str, aux: Sequence[str], table, aliases=None) -> t
             attribute task, an auxiliary entry that repeats the main task, or no auxiliary task.
     """
     main_specs = task_lib.resolve(main, table, aliases)
-    if len(main_specs) != 1 or main_specs[0].kind not in (BINARY, CATEGORICAL):
+    if len(main_specs) != 1 or not main_specs[0].type.has_classes:
         raise ConfigError(f"--main must name one attribute task, {main!r} stands for "
                           f"{', '.join(t.name for t in main_specs)}")
     main_name = main_specs[0].name

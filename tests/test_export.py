@@ -56,7 +56,7 @@ def images(loaded):
 def keras_reference(loaded, images) -> dict[str, np.ndarray]:
     """What the package's own recipes give for the images: ``class_probabilities`` of each
     attribute output and the L2-normalised embedding (``extract_embeddings``)."""
-    from mtl.metrics import class_probabilities
+    from mtl.scoring import class_probabilities
     from mtl.reid.embedding import EMBEDDING, l2_normalize
     from mtl.tasks import IDENTITY
 
@@ -128,7 +128,7 @@ def test_the_saved_model_resizes_other_sizes_as_the_training_pipeline_does(run, 
 
 
 def keras_reference_float(loaded, images):
-    from mtl.metrics import class_probabilities
+    from mtl.scoring import class_probabilities
     from mtl.reid.embedding import EMBEDDING, l2_normalize
     from mtl.tasks import IDENTITY
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mtl.losses import MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy, inverse_frequency_weights
-from mtl.metrics import MaskedAccuracy, MaskedCrossentropy, evaluate_task, mean_accuracy_ma, summarize
+from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
+from mtl.scoring import evaluate_task, mean_accuracy_ma, summarize
 from mtl.tasks import TaskSpec
 
 PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.25, 0.25, 0.5]], np.float32)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import jaccard_score, precision_score, recall_score
 
-from mtl.metrics import (INSTANCE_KEYS, attribute_matrix, class_probabilities, evaluate_attributes, instance_line,
+from mtl.scoring import (INSTANCE_KEYS, attribute_matrix, class_probabilities, evaluate_attributes, instance_line,
                          instance_metrics)
 from mtl.tasks import TaskSpec
 

@@ -10,7 +10,7 @@ from conftest import shared_dataset
 from mtl.data.relabel import load_for_run, relabel, unseen_summary
 from mtl.data.sources import fashion, load_source
 from mtl.errors import DataError
-from mtl.metrics import evaluate_task
+from mtl.scoring import evaluate_task
 from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
 from tests.test_source_fashion import write_fashion
 

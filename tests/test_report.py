@@ -21,7 +21,7 @@ from markupsafe import escape
 from conftest import REPO
 from mtl import rundir
 from mtl.errors import DataError
-from mtl.metrics import evaluate_task
+from mtl.scoring import evaluate_task
 from mtl.report import detect_kind, render_comparison, render_report, report_command
 from mtl.report import examples as ex
 from mtl.report.render import run_context

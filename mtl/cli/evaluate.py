@@ -13,7 +13,7 @@ Which images are evaluated:
     imaterialist) have no camera views, and people seen by one camera only form no query: there is
     no re-identification then, the images are evaluated for their attributes only.
 Attribute metrics (per attribute accuracy, macro F1, per class P/R/F1, mA, and the instance-based
-accuracy / precision / recall / F1 of the PAR literature, mtl.metrics.instance_metrics) are
+accuracy / precision / recall / F1 of the PAR literature, mtl.scoring.instance_metrics) are
 computed on the same images (queries and gallery together), for every task of the run or those of
 --tasks.
 
@@ -61,6 +61,7 @@ from pathlib import Path
 
 from mtl.cli.common import FORMAT_CHOICES, check_junk_threshold, new_parser, one_of, run_main
 from mtl.errors import ConfigError, DataError, MtlError, WriteError
+from mtl.tasks import KINDS
 
 EXAMPLE_QUERIES = 9  # mtl.reid.protocol.EXAMPLE_QUERIES, without importing the numerical stack for --help
 
@@ -239,13 +240,15 @@ def _evaluate(args, run_dir: Path) -> int:
         for name, r in attributes["tasks"].items():
             if r.get("accuracy") is not None:
                 print(f"  {name:{width}s}  accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}")
+            elif r.get("mae") is not None:  # a regression task
+                print(f"  {name:{width}s}  {KINDS[r['kind']].result_line(r)}")
         s = attributes["summary"]
         if s["mean_accuracy"] is not None:
             ma = f"  mA {s['mA']:.3f}" if s["mA"] is not None else ""
             print(f"attributes: mean accuracy {s['mean_accuracy']:.3f}{ma} on {attributes['num_images']} images")
-        from mtl.metrics import instance_line
+        from mtl.scoring import instance_line
 
-        if line := instance_line(s):  # the instance-based PAR metrics (mtl.metrics.instance_metrics)
+        if line := instance_line(s):  # the instance-based PAR metrics (mtl.scoring.instance_metrics)
             print(f"attributes: {line}")
     reid = result.get("reid")
     if reid is None:

@@ -163,7 +163,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
                                   write_reid_txt)
     from mtl.inference import extract_features
     from mtl.io import ensure_writable, make_folder
-    from mtl.metrics import class_probabilities
+    from mtl.scoring import class_probabilities
     from mtl.predictions import fill_with_majority
     from mtl.reid.embedding import embedding_layer_name, feature_model
     from mtl.reid.protocol import JUNK_THRESHOLD, has_junk_output, junk_flags

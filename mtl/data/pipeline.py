@@ -291,7 +291,7 @@ def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float
     ``JUNK_AREA`` of it (aspect ``JUNK_ASPECT`` times the image's, uniform position), resized back
     to the full size: a patch of clothing or background, no whole person. Those rows are labelled
     ``1`` in the ``junk`` task and ``-1`` (missing) in every other output, the identity ones
-    included, so a junk crop is never an identity class, an anchor or a positive; the other rows
+    included (NaN in a regression output), so a junk crop is never an identity class, an anchor or a positive; the other rows
     keep their labels (``junk`` 0). Every draw is a stateless op keyed by ``seed``.
 
     Args:
@@ -329,12 +329,10 @@ def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float
     out = {}
     for name, value in labels.items():
         flag = tf.reshape(is_junk, tf.concat([[batch], tf.ones([tf.rank(value) - 1], tf.int32)], 0))
-        out[name] = tf.where(flag, tf.ones_like(value) if name == junk else -tf.ones_like(value), value)
+        # missing: -1 for a class index, NaN for a value (a regression label)
+        missing = tf.fill(tf.shape(value), tf.constant(np.nan if value.dtype.is_floating else -1, value.dtype))
+        out[name] = tf.where(flag, tf.ones_like(value) if name == junk else missing, value)
     return images, out
-
-
-def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarray]:
-    return {t: table[t].to_numpy(np.int32) for t in tasks}
 
 
 def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, height: int, width: int,

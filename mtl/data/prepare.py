@@ -17,13 +17,14 @@ import pandas as pd
 
 from mtl import tasks as task_lib
 from mtl.data.masks import mask_paths
-from mtl.data.pipeline import drop_unreadable, labels_dict, make_dataset
+from mtl.data.pipeline import drop_unreadable, make_dataset
 from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
 from mtl.data.splits import split_by_identity
 from mtl.data.synthetic import ensure_synthetic
 from mtl.errors import ConfigError, DataError
-from mtl.tasks import AUXILIARY, CAMERA, IDENTITY, JUNK, TaskSpec, camera_task, junk_task
+from mtl.tasks import (AUXILIARY, CAMERA, IDENTITY, JUNK, TaskSpec, camera_task, classification_tasks, find_identity,
+                       junk_task)
 
 SAMPLERS = ("auto", "pk", "random")
 
@@ -123,12 +124,13 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
         keep = counts.index[counts <= max_images]
         labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
     labelled, skipped = drop_unreadable(labelled)
+    # the split is stratified on classes: a value (regression) has none
     if stratify:
-        on = [t.name for t in task_lib.resolve(stratify, source.tasks, source.aliases) if t.kind != IDENTITY]
+        on = [t.name for t in classification_tasks(task_lib.resolve(stratify, source.tasks, source.aliases))]
     else:
-        on = [t.name for t in specs if t.kind != IDENTITY and t.name not in AUXILIARY]
+        on = [t.name for t in classification_tasks(specs) if t.name not in AUXILIARY]
         if not on:
-            on = [n for n, t in source.tasks.items() if t.kind != IDENTITY]
+            on = [t.name for t in classification_tasks(source.tasks.values())]
     fraction = val_fraction
     if val_identities:
         num_ids = labelled["identity"].nunique()
@@ -137,6 +139,8 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
                               f"{num_ids - 1} (the data has {num_ids} identities)")
         fraction = val_identities / num_ids
     train, val = split_by_identity(labelled, on, fraction, split_seed)
+    # what a task learns from its training labels (a regression task's centre and spread)
+    specs = [spec.type.fit(spec, train[spec.name]) for spec in specs]
     if want_identity:
         specs.append(identity_task_for(train))
     if junk:
@@ -169,10 +173,12 @@ def task_labels(table: pd.DataFrame, tasks, center_loss: bool = False) -> dict[s
     task the index of each row's identity among its classes (``-1`` if none) for each of its outputs."""
     from mtl.reid.heads import identity_targets
 
-    labels = labels_dict(table, [t.name for t in tasks if t.kind != IDENTITY])
+    labels = {}
     for spec in tasks:
-        if spec.kind == IDENTITY:
+        if spec.type.head == "identity":
             labels.update(identity_targets(table["identity"], spec, center_loss))
+        else:
+            labels[spec.name] = spec.type.labels(table[spec.name])
     return labels
 
 
@@ -180,7 +186,7 @@ def uses_pk_sampler(sampler: str, tasks) -> bool:
     """P x K batches: with the identity task unless ``sampler="random"``."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown train.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-    has_identity = any(t.kind == IDENTITY for t in tasks)
+    has_identity = find_identity(tasks) is not None
     if sampler == "pk" and not has_identity:
         raise ConfigError("train.sampler=pk needs the identity task (--tasks identity,...)")
     return has_identity and sampler != "random"
@@ -227,7 +233,7 @@ def datasets(data: PreparedData, height: int, width: int, batch_size: int, augme
         from mtl.data.sampler import pk_dataset, pk_shape
 
         p, k = pk_shape(batch_size, p_identities, k_images)
-        identity = next(t.name for t in data.tasks if t.kind == IDENTITY)
+        identity = find_identity(data.tasks).name
         train_ds = pk_dataset(data.train["path"], train_labels, train_labels[identity], p, k, height, width,
                               dict(augment), seed=seed, junk_fraction=junk_fraction, mask_paths=train_masks)
     else:

@@ -26,7 +26,7 @@ import pandas as pd
 from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
 from mtl.errors import DataError
-from mtl.tasks import AUXILIARY, BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import AUXILIARY, TaskSpec, attribute_tasks
 
 OTHER = "other"  # the class rare values are grouped into (mtl.data.sources.fashion.OTHER)
 
@@ -79,12 +79,14 @@ def relabel(table: pd.DataFrame, table_tasks: Mapping[str, TaskSpec] | Sequence[
         if name not in run_names and name in out.columns:
             out = out.drop(columns=name)
     for run_task in run_tasks:
-        if run_task.kind not in (BINARY, CATEGORICAL) or run_task.name not in table_tasks:
+        if run_task.type.head != "attribute" or run_task.name not in table_tasks:
             continue
         data_task = table_tasks[run_task.name]
         if data_task.kind != run_task.kind:
             raise DataError(f"task {run_task.name!r} is {data_task.kind} in the data but {run_task.kind} in the "
                             "run: it cannot be evaluated with the run's classes")
+        if not run_task.type.has_classes:  # a value (regression): nothing to re-encode
+            continue
         values = table[run_task.name].to_numpy(np.int64)
         bad = (values < -1) | (values >= data_task.num_classes)
         if bad.any():
@@ -127,14 +129,13 @@ def load_for_run(root: str | Path, format: str, run_tasks: Sequence[TaskSpec], r
     options["rare_threshold"] = 0
     source = load_source(root, format, **options)
     # the auxiliary tasks (camera, junk) are the run's own training aids, not labels of the data: left out
-    attribute_tasks = [t for t in run_tasks
-                       if t.kind in (BINARY, CATEGORICAL) and t.name not in AUXILIARY]
-    missing = [t.name for t in attribute_tasks if t.name not in source.tasks]
+    labelled_tasks = [t for t in attribute_tasks(run_tasks) if t.name not in AUXILIARY]
+    missing = [t.name for t in labelled_tasks if t.name not in source.tasks]
     if missing and require_labels:
         raise DataError(f"{root} has no labels for the run's tasks {', '.join(missing)} "
                         f"(its tasks: {', '.join(source.tasks) or 'none'})")
-    table, unseen = relabel(source.table, source.tasks, attribute_tasks)
-    tasks = {t.name: t for t in attribute_tasks if t.name in source.tasks}
+    table, unseen = relabel(source.table, source.tasks, labelled_tasks)
+    tasks = {t.name: t for t in labelled_tasks if t.name in source.tasks}
     aliases = {a: names for a, names in source.aliases.items() if all(n in tasks for n in names)}
     return SourceData(name=source.name, root=source.root, table=table, tasks=tasks, aliases=aliases), unseen
 

@@ -14,7 +14,7 @@ from mtl.models.attention import CBAM
 from mtl.models.heads import attribute_heads
 from mtl.models.layers import GeMPooling, MaskFusion
 from mtl.models.trunks import attention_stages, build_trunk
-from mtl.tasks import IDENTITY, TaskSpec
+from mtl.tasks import TaskSpec, find_identity
 
 # model.pooling -> the global pooling layer (mtl.config.POOLINGS mirrors the names)
 POOLINGS = {"avg": keras.layers.GlobalAveragePooling2D, "gem": GeMPooling, "max": keras.layers.GlobalMaxPooling2D}
@@ -73,11 +73,11 @@ def build_model(tasks: Sequence[TaskSpec], input_shape=(128, 64, 3), trunk: str 
 
         features = uncertainty_layer(tasks)(features)
     outputs = attribute_heads(features, tasks, head, public_units, private_multipliers, task_units, dropout)
-    identity = [t for t in tasks if t.kind == IDENTITY]
-    if identity:
+    identity = find_identity(tasks)
+    if identity is not None:
         from mtl.reid.heads import identity_head
 
-        outputs.update(identity_head(features, identity[0], embedding_dim, center_loss))
+        outputs.update(identity_head(features, identity, embedding_dim, center_loss))
     return keras.Model(inputs, outputs, name="mtl")
 
 

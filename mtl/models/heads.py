@@ -1,12 +1,12 @@
 """Task heads on pooled trunk features, as the product-attribute report defines them.
 
 * ``private``: every task has its own hidden layers, sized from its class count
-  (``16 x K`` then ``8 x K`` units by default), then its output: no sharing above the trunk.
+  (``16 x K`` then ``8 x K`` units by default; ``TaskKind.head_size``), then its output: no sharing above the trunk.
 * ``public``: shared hidden layers (``384, 384`` by default) used by all tasks, then a small
   per-task layer (``128`` units) and the output: tasks help each other through the shared layers.
 
-Binary tasks end in one sigmoid unit, categorical tasks in a softmax; outputs are float32 (also
-under mixed precision) and named after their task.
+Each task ends in its kind's output layer (``TaskKind.output_layer``: one sigmoid unit, a softmax,
+a scaled linear unit); outputs are float32 (also under mixed precision) and named after their task.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Sequence
 import keras
 
 from mtl.errors import ConfigError
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks
 
 HEAD_TYPES = ("private", "public")
 
@@ -25,19 +25,13 @@ def _dense(units, name, activation="relu"):
     return keras.layers.Dense(units, activation=activation, kernel_initializer="he_normal", name=name)
 
 
-def output_layer(x, spec: TaskSpec):
-    if spec.kind == BINARY:
-        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=spec.name)(x)
-    return keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name=spec.name)(x)
-
-
 def attribute_heads(features, tasks: Sequence[TaskSpec], head: str = "private",
                     public_units: Sequence[int] = (384, 384), private_multipliers: Sequence[int] = (16, 8),
                     task_units: int = 128, dropout: float = 0.3) -> dict:
     """Build the attribute outputs on pooled ``features``; returns ``{task: output tensor}``."""
     if head not in HEAD_TYPES:
         raise ConfigError(f"unknown head type {head!r}; valid: {', '.join(HEAD_TYPES)}")
-    tasks = [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    tasks = attribute_tasks(tasks)
     if not tasks:
         return {}
     x = keras.layers.Dropout(dropout, name="head_dropout")(features) if dropout else features
@@ -47,11 +41,11 @@ def attribute_heads(features, tasks: Sequence[TaskSpec], head: str = "private",
             x = _dense(units, f"public_dense{i + 1}")(x)
         for spec in tasks:
             y = _dense(task_units, f"{spec.name}_dense")(x) if task_units else x
-            outputs[spec.name] = output_layer(y, spec)
+            outputs[spec.name] = spec.type.output_layer(y, spec)
     else:
         for spec in tasks:
             y = x
             for i, m in enumerate(private_multipliers):
-                y = _dense(m * spec.num_classes, f"{spec.name}_private{i + 1}")(y)
-            outputs[spec.name] = output_layer(y, spec)
+                y = _dense(m * spec.type.head_size(spec), f"{spec.name}_private{i + 1}")(y)
+            outputs[spec.name] = spec.type.output_layer(y, spec)
     return outputs

@@ -34,11 +34,11 @@ import pandas as pd
 
 from mtl.data.splits import query_gallery_split
 from mtl.errors import ConfigError, DataError, MtlError
-from mtl.metrics import class_probabilities, evaluate_attributes
+from mtl.scoring import class_probabilities, evaluate_attributes
 from mtl.reid.distance import (attribute_distance, combine_multiplicative, combine_weighted, cosine_distance,
                                euclidean_distance)
 from mtl.reid.evaluate import evaluate_rank
-from mtl.tasks import BINARY, CATEGORICAL, JUNK, TaskSpec
+from mtl.tasks import JUNK, TaskSpec, attribute_tasks, classification_tasks
 
 DISTANCES = ("cosine", "euclidean")
 IMAGE_CHOICES = ("auto", "val", "unseen", "all")
@@ -187,13 +187,11 @@ def feature_distance(a: np.ndarray, b: np.ndarray, distance: str = "cosine") -> 
 
 def attribute_vectors(outputs: dict, tasks: Sequence[TaskSpec]) -> np.ndarray | None:
     """Attribute probabilities side by side, ``(N, A)``: one column per binary attribute (P(class 1)),
-    one per class of each categorical attribute; None without attribute tasks."""
+    one per class of each categorical attribute; None without classification tasks."""
     columns = []
-    for spec in tasks:
-        if spec.kind == BINARY:
-            columns.append(np.asarray(outputs[spec.name], np.float32).reshape(-1, 1))
-        elif spec.kind == CATEGORICAL:
-            columns.append(np.asarray(outputs[spec.name], np.float32))
+    for spec in classification_tasks(tasks):
+        probs = class_probabilities(outputs[spec.name], spec)
+        columns.append(probs[:, 1:] if spec.type.yes_no else probs)
     return np.concatenate(columns, axis=1) if columns else None
 
 
@@ -408,7 +406,7 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
     from mtl.inference import extract_features
     from mtl.reid.embedding import embedding_layer_name, feature_model
 
-    attr_tasks = [t for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    attr_tasks = attribute_tasks(tasks)
     ranking = not query.empty
     if not ranking and not (attributes and attr_tasks):
         raise DataError("nothing to evaluate: no query image (no identity seen by two cameras) and no attribute "

@@ -184,6 +184,34 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> 
     return png_uri(fig, tight=True)
 
 
+def scatter_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str, max_points: int = 5000) -> str | None:
+    """A regression task's predicted values against the true ones (labelled rows only), with the
+    diagonal of perfect predictions; at most ``max_points`` points (an even sample), None when no
+    row is labelled."""
+    keep = np.isfinite(y_true) & np.isfinite(y_pred)
+    y_true, y_pred = y_true[keep], y_pred[keep]
+    if not len(y_true):
+        return None
+    if len(y_true) > max_points:
+        pick = np.linspace(0, len(y_true) - 1, max_points).astype(int)
+        y_true, y_pred = y_true[pick], y_pred[pick]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    # true values are often whole numbers (a year): jitter them a little so that the points show
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(y_true)) if np.all(y_true == np.round(y_true)) else 0
+    ax.scatter(y_true + jitter, y_pred, s=9, alpha=0.45, color="#2b6cb0", edgecolors="none")
+    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#888", lw=1, ls="--", label="predicted = true")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_xlabel("true", fontsize=9)
+    ax.set_ylabel("predicted", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title} ({len(y_true)} images)", fontsize=10)
+    fig.tight_layout()
+    return png_uri(fig, tight=True)
+
+
 def baseline_figure(overview: pd.DataFrame) -> str | None:
     """Horizontal bars: accuracy of each task beside its majority-class baseline.
 

@@ -28,6 +28,7 @@ from mtl.report import figures, tables
 from mtl.report.examples import MAX_GALLERY, MAX_QUERIES, PER_GROUP, prediction_examples, retrieval_examples
 from mtl.rundir import CONFIG, RUN, STUDY, TUNING, RunFiles, detect_kind, load, sub_runs
 from mtl.report.thumbnails import Thumbnailer
+from mtl.tasks import CATEGORICAL, KINDS
 
 __all__ = ["render_report", "render_comparison", "report_command", "detect_kind", "output_path",
            "run_context", "MAX_QUERIES", "MAX_GALLERY"]
@@ -359,23 +360,29 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
         r = task_metrics.get(t["name"])
         section: dict[str, Any] = {"name": t["name"], "kind": t["kind"], "metrics": None, "per_class": None,
                                    "confusion": None, "examples": [], "css": verdict_css.get(t["name"], "")}
+        kind = KINDS.get(t["kind"], KINDS[CATEGORICAL])
         if r is not None:
-            section["metrics"] = [(label, r.get(key)) for key, label in
-                                  (("accuracy", "accuracy"), ("majority_accuracy", "majority baseline"),
-                                   ("macro_f1", "macro F1"), ("balanced_accuracy", "balanced accuracy"))
-                                  if figures.finite(r.get(key))]
+            figures_of_task = [(label, r.get(key)) for key, label in kind.report_metrics if figures.finite(r.get(key))]
+            # percentages, or numbers in the labels' units (a regression task's errors)
+            section["metrics" if kind.report_percent else "values"] = figures_of_task
             section["support"] = r.get("support")
             section["per_class"] = tables.per_class_table(r) if r.get("per_class") else None
         cols = {f"{t['name']}_true", f"{t['name']}_pred"}
-        if preds is not None and cols <= set(preds.columns) and t["kind"] == "categorical" and t["classes"]:
+        if preds is not None and cols <= set(preds.columns) and kind.report_figure == "confusion" and t["classes"]:
             counts = figures.confusion_counts(preds[f"{t['name']}_true"].fillna(-1).to_numpy(),
                                               preds[f"{t['name']}_pred"].fillna(-1).to_numpy(), len(t["classes"]))
             if counts.sum():
                 section["confusion"] = figures.confusion_figure(counts, t["classes"], f"{t['name']}: confusion matrix")
+        if preds is not None and cols <= set(preds.columns) and kind.report_figure == "scatter":
+            section["scatter"] = figures.scatter_figure(
+                pd.to_numeric(preds[f"{t['name']}_true"], errors="coerce").to_numpy(float),
+                pd.to_numeric(preds[f"{t['name']}_pred"], errors="coerce").to_numpy(float),
+                f"{t['name']}: predicted against true")
         if preds is not None:
             section["examples"] = prediction_examples(preds, t["name"], t["classes"], thumbs.uri, per_group,
                                                       full=thumbs.full_uri)
-        if section["metrics"] or section["confusion"] or section["examples"]:
+        if section["metrics"] or section.get("values") or section["confusion"] or section.get("scatter") \
+                or section["examples"]:
             ctx["task_sections"].append(section)
 
     # re-identification: at the end of training (validation people) and / or from mtl-evaluate;

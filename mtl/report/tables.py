@@ -156,7 +156,7 @@ def task_overview(task_metrics: Mapping[str, dict]) -> pd.DataFrame:
     tell classes apart while staying below the majority baseline in accuracy. ``no`` otherwise.
 
     Args:
-        task_metrics: ``metrics.json["tasks"]`` (``mtl.metrics.evaluate_task`` results).
+        task_metrics: ``metrics.json["tasks"]`` (``mtl.scoring.evaluate_task`` results).
 
     Returns:
         A frame with columns task, kind, support, accuracy, majority, gain (accuracy - majority),
@@ -164,7 +164,7 @@ def task_overview(task_metrics: Mapping[str, dict]) -> pd.DataFrame:
     """
     rows = []
     for name, r in task_metrics.items():
-        if not isinstance(r, Mapping):
+        if not isinstance(r, Mapping) or "accuracy" not in r:  # a regression task: no classes
             continue
         acc, base = _nan(r.get("accuracy")), _nan(r.get("majority_accuracy"))
         present = [c for c in (r.get("per_class") or []) if isinstance(c, Mapping) and (c.get("support") or 0) > 0]

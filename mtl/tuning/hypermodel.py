@@ -15,7 +15,7 @@ import pandas as pd
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
 from mtl.config import Config, patience_for
-from mtl.tasks import IDENTITY
+from mtl.tasks import find_identity
 from mtl.tuning.objective import Objective
 from mtl.tuning.space import config_for, search_space
 
@@ -114,7 +114,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
         available = {**{k: float(v) for k, v in row.items() if k.startswith("val_")}, **post_trial_metrics(metrics)}
         keep = set(self.objective.parts) | {"val_loss", "val_masked_loss", "mean_accuracy", "mean_macro_f1", "mA", "instance_f1"}
         results = {k: v for k, v in available.items() if k in keep}
-        if any(t.kind == IDENTITY for t in self.tasks):
+        if find_identity(self.tasks) is not None:
             results.update(reid_metrics(model, self.data.val, cfg))
         missing = [p for p in self.objective.parts if results.get(p) is None or not np.isfinite(results[p])]
         if missing:

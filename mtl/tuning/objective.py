@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import keras_tuner
 
 from mtl.errors import ConfigError
-from mtl.tasks import BINARY, CATEGORICAL, IDENTITY, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
 
 _TASK_METRICS = {"accuracy": "accuracy", "acc": "accuracy", "xent": "xent", "loss": "xent",
                  "f1": "macro_f1", "macro_f1": "macro_f1"}
@@ -19,7 +19,7 @@ _GLOBAL_SHORT = {"loss": "val_loss", "masked_loss": "val_masked_loss", "ma": "mA
                  "reid_map": "reid_mAP", "rank1": "reid_rank1", "reid_rank1": "reid_rank1",
                  "mean_accuracy": "mean_accuracy", "mean_macro_f1": "mean_macro_f1", "mean_f1": "mean_macro_f1",
                  "instance_f1": "instance_f1"}
-# computed after each trial from the validation predictions (mtl.metrics.evaluate_attributes' summary)
+# computed after each trial from the validation predictions (mtl.scoring.evaluate_attributes' summary)
 POST_TRIAL = ("mA", "instance_f1", "reid_mAP", "reid_rank1", "mean_accuracy", "mean_macro_f1")
 
 
@@ -59,15 +59,17 @@ def is_post_trial(metric: str) -> bool:
 
 def objective_metrics(tasks: Sequence[TaskSpec]) -> list[str]:
     """Every metric name a search over ``tasks`` can optimise (logged per epoch or post-trial)."""
-    attributes = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    attributes = [t.name for t in classification_tasks(tasks)]
     names = ["val_loss"]
+    if attribute_tasks(tasks):
+        names.append("val_masked_loss")
     if attributes:
-        names += ["val_masked_loss", "mean_accuracy", "mean_macro_f1", "instance_f1"]
+        names += ["mean_accuracy", "mean_macro_f1", "instance_f1"]
     for t in attributes:
         names += [f"val_{t}_accuracy", f"val_{t}_xent", f"val_{t}_macro_f1"]
-    if any(t.kind == BINARY for t in tasks):
+    if any(t.type.yes_no for t in tasks):
         names.append("mA")
-    if any(t.kind == IDENTITY for t in tasks):
+    if find_identity(tasks) is not None:
         names += ["reid_mAP", "reid_rank1"]
     return names
 
@@ -137,7 +139,7 @@ def _resolve_metric(item: str, tasks, aliases, valid) -> list[str]:
 
 
 def _valid_objectives_text(tasks) -> str:
-    attributes = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    attributes = [t.name for t in classification_tasks(tasks)]
     globals_ = [n for n in objective_metrics(tasks) if not n.startswith("val_") or n in ("val_loss", "val_masked_loss")]
     text = "valid objectives: " + ", ".join(globals_)
     if attributes:

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 
 from mtl.config import save_config
-from mtl.metrics import evaluate_attributes
+from mtl.scoring import evaluate_attributes
 from mtl.rundir import BEST_CONFIG, TRIALS, TUNING_JSON, RunDir
 from mtl.tuning.hypermodel import MtlHyperModel
 from mtl.tuning.objective import Objective
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import TaskSpec
 from mtl.tuning.space import hp_values
 
 # the summary metrics an objective can name that have a majority baseline
@@ -42,7 +42,7 @@ def majority_metrics(val: pd.DataFrame, tasks: Sequence[TaskSpec]) -> dict[str, 
     """
     labels, constants, specs = {}, {}, []
     for spec in tasks:
-        if spec.kind not in (BINARY, CATEGORICAL) or spec.name not in val:
+        if not spec.type.has_classes or spec.name not in val:
             continue
         y = val[spec.name].to_numpy(dtype=int)
         labelled = y[y >= 0]

@@ -20,7 +20,7 @@ from mtl.config import Config, build_config, to_dict
 from mtl.errors import ConfigError
 from mtl.models.heads import HEAD_TYPES
 from mtl.optim import OPTIMIZERS
-from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
+from mtl.tasks import TaskSpec, attribute_tasks
 
 _RANGE_KEYS = {"min", "max", "step", "sampling"}
 _SPEC_KEYS = _RANGE_KEYS | {"values"}
@@ -56,7 +56,7 @@ def search_space(hp: keras_tuner.HyperParameters, tasks: Sequence[TaskSpec],
     model["width"] = p.number("model.width", tuned=False)  # trunk width: tuned only when the space names it
     train["optimizer"] = p.choice("train.optimizer", list(OPTIMIZERS))
     train["learning_rate"] = p.number("train.learning_rate", 1e-4, 3e-3, sampling="log", default=1e-3)
-    attributes = [t.name for t in tasks if t.kind in (BINARY, CATEGORICAL)]
+    attributes = [t.name for t in attribute_tasks(tasks)]
     if len(attributes) > 1:  # with one task a loss weight only rescales the learning rate
         train["loss_weights"] = {name: p.number(f"train.loss_weights.{name}", 0.25, 4.0, sampling="log",
                                                 default=1.0, fallback="train.loss_weights")

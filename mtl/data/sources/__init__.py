@@ -69,11 +69,7 @@ def describe_tasks(source: SourceData) -> str:
 
     labelled = source.subset("train")
 
-    def classes(names, shown=12):  # product tasks have a hundred classes: the first few tell enough
-        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
-        return f"{len(names)} classes: {', '.join(names[:shown])}{more}"
-
-    rows = [(spec.name, spec.kind, classes(spec.classes)) for spec in source.tasks.values()]
+    rows = [(spec.name, spec.kind, spec.type.describe(spec)) for spec in source.tasks.values()]
     ids = labelled.loc[labelled["identity"] >= 0, "identity"]
     # the rules of mtl.data.prepare (resolve_tasks, identity_task_for): known identities, several
     # images each (product photos are one image per product: no identity task)
@@ -82,7 +78,8 @@ def describe_tasks(source: SourceData) -> str:
                                          f"({ids.nunique()} identities labelled); only by name, all leaves it out"))
     cameras = labelled["camera"]
     if CAMERA not in source.tasks and (cameras >= 0).any():  # the rule of mtl.data.prepare.resolve_tasks
-        rows.append((CAMERA, "auxiliary", classes(camera_task(cameras).classes) + " (from the file names; only "
+        camera = camera_task(cameras)
+        rows.append((CAMERA, "auxiliary", camera.type.describe(camera) + " (from the file names; only "
                                           "by name, all leaves it out)"))
     rows += [(alias, "alias", ", ".join(names)) for alias, names in source.aliases.items()]
     rows.append(("all", "alias", "every attribute task"))

@@ -8,7 +8,8 @@ row per image and these columns, plus the dataset's task table:
 ``identity``    person / product identity (int64), ``-1`` where unknown
 ``camera``      camera index (int64), ``-1`` where unknown
 ``subset``      ``train`` (labelled), ``query``, ``gallery`` or ``test`` (unlabelled)
-``<task>``      one int64 column per task of ``tasks``: class index, ``-1`` where missing
+``<task>``      one int64 column per task of ``tasks``: class index, ``-1`` where missing (a
+                regression task: float64 values, NaN where missing; ``TaskKind.table_column``)
 ==============  =====================================================================
 
 No TensorFlow here: sources are plain pandas so they are fast to test.
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import pandas as pd
 
 from mtl.errors import DataError
@@ -65,18 +65,7 @@ def validate_table(table: pd.DataFrame, tasks: Mapping[str, TaskSpec]) -> None:
     if bad_subset:
         raise DataError(f"unknown subset values {sorted(bad_subset)}; valid: {', '.join(SUBSETS)}")
     for name, spec in tasks.items():
-        col = table[name]
-        if not np.issubdtype(col.dtype, np.integer):
-            raise DataError(f"task column {name!r} must hold integers, has dtype {col.dtype}")
-        if spec.kind == "identity":
-            continue
-        bad = col[(col < -1) | (col >= spec.num_classes)]
-        if len(bad):
-            i = bad.index[0]
-            raise DataError(
-                f"label out of range in task {name!r}: {int(bad.iloc[0])} for {table.loc[i, 'path']} "
-                f"(valid: -1 for missing, 0..{spec.num_classes - 1})"
-            )
+        spec.type.check_column(spec, table[name], table["path"])
 
 
 def require_dir(path: str | Path, what: str) -> Path:
@@ -98,7 +87,9 @@ def make_table(rows: list[dict], tasks: Mapping[str, TaskSpec]) -> pd.DataFrame:
     """Build a table with the right column order and dtypes from row dicts."""
     columns = list(BASE_COLUMNS) + list(tasks)
     df = pd.DataFrame(rows, columns=columns)
-    for c in ["identity", "camera", *tasks]:
+    for c in ["identity", "camera"]:
         df[c] = df[c].fillna(-1).astype("int64")
+    for name, spec in tasks.items():
+        df[name] = spec.type.table_column(df[name].tolist())
     df["path"] = df["path"].astype(str)
     return df

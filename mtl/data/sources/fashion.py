@@ -9,10 +9,11 @@ Layout read::
 Every row is one product photo: ``identity`` = product ``id``, ``camera`` = -1, ``subset`` =
 ``train`` (the project's split module holds out validation / test rows).
 
-Tasks (all categorical, one per column, in this order): ``gender``, ``masterCategory``,
-``subCategory``, ``articleType``, ``baseColour``, ``season``, ``usage``. ``year`` is left out
-by default: it is missing for most rows and is not something a photo shows (ask for it with
-``columns=``; ``2012.0`` is read as ``2012``). ``columns=`` picks any columns of the CSV
+Tasks (categorical, one per column, in this order): ``gender``, ``masterCategory``,
+``subCategory``, ``articleType``, ``baseColour``, ``season``, ``usage``; then ``year``, a
+regression task (``NUMERIC_COLUMNS``: the value, ``2012.0`` or ``2012``), which ``--tasks all``
+leaves out (it is missing for many rows and is not something a photo shows clearly): ask for it
+by name (``--tasks articleType,year``). ``columns=`` picks any columns of the CSV
 (``"articleType,baseColour"`` or a list); a column name that is not a Python identifier is
 turned into one (``base colour`` -> ``base_colour``).
 
@@ -39,6 +40,7 @@ line and column.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import warnings
@@ -46,15 +48,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import pandas as pd
 
 from mtl.data.sources.base import DataError, SourceData, make_table, require_dir, require_file
-from mtl.tasks import CATEGORICAL, TaskSpec
+from mtl.tasks import CATEGORICAL, REGRESSION, TaskSpec
 
 NAME = "fashion"  # key of mtl.data.sources.FORMATS
 CSV_NAME = "styles.csv"
 IMAGES_DIR = "images"
 DEFAULT_COLUMNS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+# columns read as numbers: regression tasks (loaded by default too, after DEFAULT_COLUMNS)
+NUMERIC_COLUMNS = ("year",)
 DEFAULT_RARE_THRESHOLD = 0.01
 OTHER = "other"
 NA_VALUES = ("", "NA", "N/A", "nan", "NaN", "null")
@@ -128,15 +131,19 @@ def load(
         raise DataError(f"{csv_path}: none of the {len(ids)} rows has an image <id>.jpg in {image_dir}")
 
     tasks: dict[str, TaskSpec] = {}
-    labels: dict[str, list[int]] = {}
+    labels: dict[str, list] = {}
     for column in wanted:
         values = [_clean(records[i][1][col_index[column]], na) for i in keep]
-        classes, mapping = class_table(values, threshold)
-        if not classes:
-            raise DataError(f"{csv_path}: column {column!r} has no label in any row with an image")
         name = _identifier(column)
         if name in tasks:
             raise DataError(f"{csv_path}: columns {column!r} and another give the same task name {name!r}")
+        if column in NUMERIC_COLUMNS:
+            tasks[name] = TaskSpec(name, (), REGRESSION)
+            labels[name] = _numbers(values, [records[i][0] for i in keep], column, csv_path)
+            continue
+        classes, mapping = class_table(values, threshold)
+        if not classes:
+            raise DataError(f"{csv_path}: column {column!r} has no label in any row with an image")
         tasks[name] = TaskSpec(name, tuple(classes), CATEGORICAL)
         labels[name] = [-1 if v is None else mapping[v] for v in values]
 
@@ -146,7 +153,7 @@ def load(
     ]
     table = make_table(rows, {})
     for name, values in labels.items():
-        table[name] = pd.Series(values, dtype="int64").to_numpy()
+        table[name] = tasks[name].type.table_column(values)
     aliases = {a: t for a, t in ALIASES.items() if all(x in tasks for x in t) and a not in tasks}
     return SourceData(name=NAME, root=str(root), table=table, tasks=tasks, aliases=aliases)
 
@@ -224,7 +231,7 @@ def _check_threshold(value) -> float:
 
 def _task_columns(columns, header: list[str], path: Path) -> list[str]:
     if columns is None:
-        wanted = [c for c in DEFAULT_COLUMNS if c in header]
+        wanted = [c for c in DEFAULT_COLUMNS + NUMERIC_COLUMNS if c in header]
         if not wanted:
             raise DataError(f"{path}: none of the default task columns ({', '.join(DEFAULT_COLUMNS)}) is in the header")
         return wanted
@@ -268,6 +275,21 @@ def _clean(value: str, na: set[str]) -> str | None:
     if _INTEGRAL_FLOAT.match(v):
         v = v.split(".", 1)[0]
     return v
+
+
+def _numbers(values: Sequence[str | None], lines: Sequence[int], column: str, path: Path) -> list[float | None]:
+    """A numeric column's cleaned values as floats (None where missing); a DataError names the
+    first cell that is not a finite number."""
+    out: list[float | None] = []
+    for value, line in zip(values, lines):
+        try:
+            number = None if value is None else float(value)
+        except ValueError:
+            number = float("nan")
+        if number is not None and not math.isfinite(number):
+            raise DataError(f"{path}: line {line}, column {column!r}: {value!r} is not a number")
+        out.append(number)
+    return out
 
 
 def _identifier(column: str) -> str:
