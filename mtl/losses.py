@@ -151,13 +151,6 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
         return self._reduce(per_row, safe, valid, y_pred)
 
 
-def huber(error, delta: float = 1.0):
-    """The Huber loss of an error, elementwise: ``e^2 / 2`` up to ``|e| = delta``, linear beyond."""
-    a = ops.abs(error)
-    quadratic = ops.minimum(a, delta)
-    return 0.5 * quadratic * quadratic + delta * (a - quadratic)
-
-
 @keras.saving.register_keras_serializable(package="mtl")
 class MaskedHuber(keras.losses.Loss):
     """Huber loss of a regression output over the rows with a label (NaN = missing), the error
@@ -180,7 +173,8 @@ class MaskedHuber(keras.losses.Loss):
         target = ops.reshape(ops.cast(y_true, "float32"), (-1,))
         valid = ops.logical_not(ops.isnan(target))
         error = (ops.reshape(ops.cast(y_pred, "float32"), (-1,)) - ops.where(valid, target, ops.zeros_like(target)))
-        per_row = huber(error / self.scale, self.delta)
+        # Keras's Huber of each row's error: e^2 / 2 up to |e| = delta, linear beyond
+        per_row = keras.losses.huber(ops.zeros_like(error)[:, None], (error / self.scale)[:, None], self.delta)
         return _masked_weighted_mean(per_row, valid, ops.ones_like(per_row))
 
     def label_weight(self, y_true):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtl.losses import huber
-
 EPSILON = 1e-7
 
 
@@ -129,7 +127,7 @@ class MaskedHuberMetric(_MaskedValueMean):
         self.scale = float(scale)
 
     def per_row(self, error):
-        return huber(error / self.scale)
+        return keras.losses.huber(ops.zeros_like(error)[:, None], (error / self.scale)[:, None])
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}

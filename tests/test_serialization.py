@@ -28,8 +28,9 @@ import pytest
 import mtl
 from mtl.engine import TrainArgs, compile_model
 from mtl.errors import DataError
-from mtl.losses import BalancedLoss, MaskedBinaryCrossentropy, MaskedSparseCategoricalCrossentropy, UncertaintyWeights
-from mtl.metrics import MaskedAccuracy, MaskedCrossentropy
+from mtl.losses import (BalancedLoss, MaskedBinaryCrossentropy, MaskedHuber, MaskedSparseCategoricalCrossentropy,
+                        UncertaintyWeights)
+from mtl.metrics import MaskedAccuracy, MaskedCrossentropy, MaskedHuberMetric, MaskedMeanAbsoluteError
 from mtl.models.builder import build_model, load_model
 from mtl.models.attention import CBAM
 from mtl.models.layers import GeMPooling, MaskFusion, Normalize
@@ -44,6 +45,8 @@ RNG = np.random.default_rng(0)
 PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.25, 0.25, 0.5]], np.float32)
 LABELS = np.array([0, -1, 2, 1])
 IDS = np.array([0, 0, 1, 1, 2, -1])  # identities of a metric-learning batch (-1: unknown)
+VALUES = np.array([2011.0, np.nan, 2016.0, 2012.0], np.float32)  # regression labels (NaN: missing)
+VALUE_PREDS = np.array([[2012.5], [2000.0], [2013.0], [2012.0]], np.float32)
 TRUNK_PATHS = ["trunk_w"]
 
 
@@ -79,6 +82,9 @@ CASES = {
     "MaskFusion": (MaskFusion(name="fusion"), RNG.uniform(0, 255, (2, 4, 4, 4)).astype(np.float32)),
     "MaskedAccuracy": (MaskedAccuracy(name="acc"), (LABELS, PROBS)),
     "MaskedCrossentropy": (MaskedCrossentropy(name="xe"), (LABELS, PROBS)),
+    "MaskedHuber": (MaskedHuber(scale=2.5, delta=0.5), (VALUES, VALUE_PREDS)),
+    "MaskedMeanAbsoluteError": (MaskedMeanAbsoluteError(name="mae"), (VALUES, VALUE_PREDS)),
+    "MaskedHuberMetric": (MaskedHuberMetric(scale=2.5, name="huber"), (VALUES, VALUE_PREDS)),
     "WarmupSchedule-cosine": (_schedule("cosine"), None),
     "WarmupSchedule-step": (_schedule("step"), None),
     "WarmupSchedule-constant": (_schedule("constant"), None),

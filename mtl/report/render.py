@@ -260,9 +260,10 @@ def _curve_groups(history: Sequence[Mapping], specs: Sequence[Mapping], monitor:
     for t in specs:
         of_task = groups.get(t["name"], {})
         panels = [(m, of_task[m]) for m in figures.metrics_to_plot(of_task)]
-        if t["kind"] == "identity" and "embedding_loss" in groups[""]:
+        identity = KINDS.get(t["kind"], KINDS[CATEGORICAL]).head == "identity"
+        if identity and "embedding_loss" in groups[""]:
             panels.append(("metric loss (embedding_loss)", "embedding_loss"))
-        out.append((t["name"], [(m, k, not (t["kind"] == "identity" and figures.meaningless_validation(history, k)))
+        out.append((t["name"], [(m, k, not (identity and figures.meaningless_validation(history, k)))
                                 for m, k in panels]))
     return out
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from mtl.tasks import KINDS
+
 # How far above the majority baseline a task's accuracy must be to count as "learned something".
 # Small validation splits make smaller gaps noise.
 LEARNED_MARGIN = 0.02
@@ -220,7 +222,8 @@ def binary_table(task_metrics: Mapping[str, dict]) -> Table:
     macro F1 and the majority baseline, one row per attribute."""
     rows = []
     for name, r in task_metrics.items():
-        if r.get("kind") != "binary":
+        kind = KINDS.get(r.get("kind"))
+        if kind is None or not kind.yes_no:
             continue
         per_class = r.get("per_class") or []
         positive = per_class[1] if len(per_class) > 1 else {}
