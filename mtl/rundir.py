@@ -19,7 +19,7 @@ Every command that writes or reads a run goes through this module: training (``m
 ``history.json``            per-epoch logs (``epoch`` 1-based, ``time_s``, losses and metrics)
 ``checkpoints/``            ``best.weights.h5`` (lowest monitored loss) and ``backup/`` (resume)
 ``metrics.json``            validation metrics per task, ``summary`` (mean accuracy, mA, since
-                            issue 15 ``instance_accuracy/precision/recall/f1``: absent in older
+                            added later ``instance_accuracy/precision/recall/f1``: absent in older
                             runs, readers use ``.get``), ``instance`` (the attributes counted),
                             ``training`` summary, ``reid``; later ``evaluation`` (``mtl-evaluate``)
 ``val_predictions.csv``     per validation image: true / predicted class and confidence per task

@@ -22,7 +22,7 @@ CATEGORICAL = "categorical"
 IDENTITY = "identity"
 KINDS = (BINARY, CATEGORICAL, IDENTITY)
 
-# Auxiliary tasks (report 003): trained beside the attributes to shape the trunk or to filter
+# Auxiliary tasks: trained beside the attributes to shape the trunk or to filter
 # retrieval, never part of ``all`` nor of the course deliverables. ``camera`` is asked for by name
 # (``--tasks ...,camera``) and labelled from the file names; ``junk`` is added by
 # ``data.junk_fraction`` (random zoomed-in crops of training images, ``mtl.data.pipeline.add_junk``).
