@@ -1,4 +1,4 @@
-"""Issue 15, reports 001 and 003: the step schedule's factor (halving every N epochs) and the
+"""The step schedule's factor (halving every N epochs) and the
 optimizer switch (AdamW for the first epochs, then SGD with Nesterov momentum), through the
 engine's phases, the epoch logs, the saved model and a resume after a kill."""
 
