@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules: Adam / AdamW / SGD with a lower learning rate for the
 trunk (fine-tuning a pretrained trunk), warm-up followed by a cosine, step or constant schedule,
-and the optimizer of each training phase (``phase_optimizer``: AdamW first, then SGD with momentum to finish).
+and the optimizer of each training phase (``phase_optimizer``: AdamW first, then SGD).
 Every class is registered with Keras, so a compiled ``model.keras`` reloads with ``compile=True``.
 """
 

@@ -14,7 +14,7 @@ codes of their own, see ``mtl.reid.heads.embedding_labels``: the triplet loss on
   :class:`BatchAllTripletLoss`; ``contrastive`` (the Siamese pair loss, Hadsell, Chopra and
   LeCun 2006): :class:`ContrastiveLoss`; ``centroid_triplet`` (Wieczorek et al.
   2021): :class:`CentroidTripletLoss`. These two take each anchor's hardest negative in the
-  batch with hard mining ("hardest-negative mining"), else every negative;
+  batch with hard mining, else every negative;
 * ``center`` (squared distances to learnt class centres, optional): :class:`CenterLoss`.
 
 Their sum (weighted by ``train.loss_weights``) is the joint ID + triplet loss of the

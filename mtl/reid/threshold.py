@@ -1,8 +1,8 @@
 """Variable-length retrieval: a distance threshold instead of a fixed number of images per query.
 
 Each query lists every gallery image closer than a threshold, because the number of true matches
-varies from person to person. Set by eye, such a threshold tends to be a little high (wrong images
-are preferred to lost right ones). Here it is chosen on held-out people to maximise the mean
+varies from person to person. It can be set by eye or searched on validation people; here it is
+chosen on held-out people to maximise the mean
 per-query F1 of the returned set, and measured on other held-out people.
 
 Protocol (Market-1501, as ``mtl.reid.evaluate.evaluate_rank``):
