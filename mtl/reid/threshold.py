@@ -2,8 +2,8 @@
 
 Each query lists every gallery image closer than a threshold, because the number of true matches
 varies from person to person. It can be set by eye or searched on validation people; here it is
-chosen on held-out people to maximise the mean
-per-query F1 of the returned set, and measured on other held-out people.
+chosen on held-out people to maximise the mean per-query F1 of the returned set, and measured on
+other held-out people.
 
 Protocol (Market-1501, as ``mtl.reid.evaluate.evaluate_rank``):
 
