@@ -16,8 +16,6 @@ from tests.fixtures_images import write_jpeg
 # === Fashion Product Images (styles.csv) ===
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
-
-
 # 20 products: articleType Tshirts x10, Shirts x6, Watches x3, Belts x1 (rare)
 ROWS = (
     [f"{100 + i},Men,Apparel,Topwear,Tshirts,Black,Summer,2012.0,Casual,Tee {i}" for i in range(10)]
@@ -51,12 +49,9 @@ def products(first_id: int, items: list[tuple[str, str, int]]) -> list[str]:
             pid += 1
     return rows
 
-
 # the run's folder: Tshirts > Shirts > Watches, Belts rare (grouped as "other" at 10 %)
 RUN_ROWS = products(100, [("Tshirts", "Men", 10), ("Shirts", "Women", 6), ("Watches", "Unisex", 3),
                           ("Belts", "Men", 1)])
-
-
 # another folder: other frequencies (so another class order), a new article and a new gender
 OTHER_ROWS = products(500, [("Watches", "Women", 7), ("Shirts", "Unisex", 4), ("Tshirts", "Men", 2),
                             ("Belts", "Girls", 1), ("Socks", "Girls", 1)])
@@ -77,8 +72,6 @@ TASKS = [
     {"taskId": "3", "taskName": "shoe:type"},
     {"taskId": "4", "taskName": "pants:age"},  # no labels: left out
 ]
-
-
 LABELS = [
     {"labelId": "1", "labelName": "dress", "taskId": "1", "taskName": "apparel class"},
     {"labelId": "2", "labelName": "shoe", "taskId": "1", "taskName": "apparel class"},
@@ -106,15 +99,11 @@ TRAIN = {
         ann(5, 1, 2),  # image 5 is not on disk
     ],
 }  # fmt: skip
-
-
 # later layout: a list of label ids per image, tasks from the label map
 VALIDATION = {
     "images": [{"imageId": "1", "url": []}, {"imageId": "2", "url": []}],
     "annotations": [{"imageId": "1", "labelId": ["1", "12"]}, {"imageId": "2", "labelId": ["2", "21"]}],
 }
-
-
 TEST = {"images": [{"imageId": "1", "url": []}, {"imageId": "2", "url": []}]}
 
 
@@ -148,8 +137,6 @@ TRAIN_ORDER = (
     "uppurple", "upred", "upwhite", "upyellow", "clothes", "down", "up", "hair", "hat", "gender",
     "image_index",
 )  # fmt: skip
-
-
 TEST_ORDER = ("age", "backpack", "bag", "handbag", "clothes", "down", "up", "hair", "hat", "gender") + tuple(
     market_original.ATTRIBUTE_FIELDS[10:]
 ) + ("image_index",)
@@ -179,8 +166,6 @@ TRAIN_CODES = {
     "0007": codes(age=4, hair=2, upblack=2, upblue=2, downbrown=2),  # two up colours: first wins
     "0003": codes(age=3),  # identity without images: ignored
 }
-
-
 TEST_CODES = {"0010": codes(age=1, hat=2, upgreen=2, downblack=2)}  # 0012: not in the file
 
 
