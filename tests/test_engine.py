@@ -1,6 +1,5 @@
 """The training engine: its phases (a frozen trunk, BatchNorm in inference mode, then an unfrozen one
-with a lower learning rate; the optimizer switch), its compile path (the one scripts/train.py takes)
-and the loss it monitors."""
+with a lower learning rate; the optimizer switch) through the same compile path as scripts/train.py."""
 
 import keras
 import numpy as np
@@ -78,24 +77,3 @@ def test_phases_split_where_the_trunk_unfreezes_and_where_sgd_starts():
     assert phase_optimizer("adamw", 1e-3) == ("adamw", 1e-3)
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True) == ("sgd", pytest.approx(SGD_LR_FACTOR * 1e-3))
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True, sgd_learning_rate=0.05) == ("sgd", 0.05)
-
-
-def test_attribute_and_identity_runs_stop_on_the_joint_validation_loss():
-    # the attributes alone plateau while the embedding still improves (measured on Market: the
-    # masked loss's best epoch was 8 of 15, the triplet loss on held-out people fell to the end)
-    from mtl.callbacks import MaskedLossLogger
-    from mtl.engine import embedding_loss_weight, monitor_for
-
-    hat, ident = TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("identity", tuple("abc"), "identity")
-    assert monitor_for([hat]) == "val_masked_loss"
-    assert monitor_for([ident]) == "loss"
-    assert monitor_for([hat, ident]) == "val_joint_loss"
-    assert embedding_loss_weight([hat], {}) is None
-    assert embedding_loss_weight([hat, ident], {"embedding": 0.5}) == 0.5
-
-    logs = {"hat_xent": 0.5, "val_hat_xent": 0.25, "embedding_loss": 1.0, "val_embedding_loss": 2.0,
-            "identity_loss": 9.0, "val_identity_loss": 0.0}
-    MaskedLossLogger({"hat": 2.0}, embedding_weight=0.5).on_epoch_end(0, logs)
-    assert logs["val_masked_loss"] == 0.5
-    assert logs["val_joint_loss"] == 0.5 + 0.5 * 2.0  # the identity classifier's loss is not in it
-    assert logs["joint_loss"] == 1.0 + 0.5 * 1.0
