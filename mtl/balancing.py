@@ -1,4 +1,4 @@
-"""Loss weights and class weights that change during training (issue 15).
+"""Loss weights and class weights that change during training.
 
 ``train.loss_balancing`` (the weight of each loss term):
 
@@ -24,10 +24,10 @@ scale). The centre loss keeps its fixed weight: it is a regulariser with a weigh
 ``train.class_weighting`` (the weight of each class within an attribute task's loss):
 
 * ``none``; ``inverse``: inverse frequency (``mtl.losses.inverse_frequency_weights``, as before);
-* ``positive``: binary attributes from their positive ratio ``p`` (report 001, DeepMAR):
+* ``positive``: binary attributes from their positive ratio ``p`` (DeepMAR, Li et al. 2015):
   ``w_pos = exp(1 - p)``, ``w_neg = exp(p)`` (``mtl.losses.positive_ratio_weights``); categorical
   tasks get inverse frequency (DeepMAR's rule is for binary attributes);
-* ``confusion`` (report 003): per-class weights updated at the end of every epoch from the
+* ``confusion``: per-class weights updated at the end of every epoch from the
   epoch's training recall (:func:`confusion_weights`): classes with the lowest recall weigh more.
   They start at 1; the identity classifier is left unweighted.
 
@@ -63,7 +63,7 @@ UNCERTAINTY_LAYER = "loss_uncertainty"  # the UncertaintyWeights layer's name in
 # confusion weighting: target w_c = (1 - recall_c + EPS) ** GAMMA, normalised to mean 1 over the
 # epoch's labelled rows, then w <- (1 - MOMENTUM) w + MOMENTUM target, clipped to [1 / CAP, CAP].
 # EPS keeps a class with perfect recall in the loss; the momentum damps the epoch-to-epoch swings
-# (report 003 multiplied the weakest classes' weights by 1.1 each epoch)
+# (rather than multiplying the weakest classes' weights by a fixed 1.1 each epoch)
 CONFUSION_GAMMA = 1.0
 CONFUSION_EPS = 0.1
 CONFUSION_MOMENTUM = 0.5

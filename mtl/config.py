@@ -79,9 +79,9 @@ class DataConfig:
     stratify: str | None = _key(None, "tasks the train/validation split is stratified on; null: the trained tasks")
     junk_fraction: float = _key(0.0, "share of each training batch replaced by random zoomed-in crops (10-30% of "
                                      "the image) labelled junk in an auxiliary junk output; retrieval then drops "
-                                     "gallery images predicted junk (report 003); 0: off")
+                                     "gallery images predicted junk; 0: off")
     person_mask: str | None = _key(None, "folder of person masks written by mtl-masks (the data's layout, .png): a "
-                                         "4th input channel (report 003); null: RGB only")
+                                         "4th input channel; null: RGB only")
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,10 @@ class TrainConfig:
     warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up")
     schedule: str = _key("cosine", "learning-rate schedule after the warm-up: cosine, step or constant")
     step_epochs: int = _key(10, "step schedule: multiply the learning rate by step_factor every step_epochs")
-    step_factor: float = _key(0.1, "step schedule: the factor of each step (0.1: divide by 10; 0.5: halve, "
-                                   "report 003)")
+    step_factor: float = _key(0.1, "step schedule: the factor of each step (0.1: divide by 10; 0.5: "
+                                   "halve)")
     sgd_from_epoch: int = _key(0, "switch to SGD (Nesterov momentum 0.9) after this many epochs of "
-                                  "train.optimizer, the schedule carrying on (report 001: AdamW, then SGD); "
+                                  "train.optimizer, the schedule carrying on (e.g. AdamW, then SGD); "
                                   "0: no switch")
     sgd_learning_rate: float | None = _key(None, "peak learning rate of SGD after train.sgd_from_epoch; "
                                                  "null: 10 x learning_rate (SGD needs a larger rate than Adam)")
@@ -147,8 +147,8 @@ class TrainConfig:
                                                              "e.g. age:2,gender:0.5")
     class_weighting: str = _key("none", "class weights within each attribute's loss: none, inverse (inverse "
                                         "frequency, capped), positive (binary: w_pos=exp(1-p), w_neg=exp(p), p the "
-                                        "positive ratio, report 001 / DeepMAR; categorical: inverse) or confusion "
-                                        "(updated each epoch: the lowest training recall weighs more, report 003)")
+                                        "positive ratio, as DeepMAR; categorical: inverse) or confusion "
+                                        "(updated each epoch: the lowest training recall weighs more)")
     loss_balancing: str = _key("fixed", "weights of the task losses: fixed (train.loss_weights), uncertainty "
                                         "(learnt, Kendall et al. 2018) or dwa (dynamic weight averaging, Liu et "
                                         "al. 2019); see mtl.balancing")
@@ -180,9 +180,9 @@ class TrainConfig:
     id_label_smoothing: float = _key(0.1, "identity task: label smoothing of its cross-entropy")
     center_loss: float = _key(0.0, "identity task: weight of the centre loss (BoT: 5e-4); 0: off")
     metric_loss: str = _key("triplet", "identity task: the embedding's metric loss: triplet (Hermans 2017), "
-                                       "contrastive (pairs, Hadsell 2006; report 002) or centroid_triplet (each "
+                                       "contrastive (pairs, Hadsell 2006) or centroid_triplet (each "
                                        "image vs the leave-one-out centroid of its identity and the other "
-                                       "identities' centroids, Wieczorek 2021; report 003)")
+                                       "identities' centroids, Wieczorek 2021)")
     hard_mining: bool = _key(True, "identity task's metric loss: true: each anchor's hardest negative in the "
                                    "batch (triplet: batch-hard, its hardest positive too); false: every "
                                    "negative (triplet: batch-all)")
@@ -720,7 +720,7 @@ def _get(cfg: Config, key: str) -> Any:
 
 def _check_sgd_switch(train: TrainConfig) -> None:
     """``train.sgd_from_epoch`` (set): some epochs of each optimizer, and AdamW on the whole network
-    first (report 001): a switch while the trunk is frozen would never train it with AdamW."""
+    first: a switch while the trunk is frozen would never train it with AdamW."""
     where = f"train.sgd_from_epoch={train.sgd_from_epoch}"
     if train.optimizer == "sgd":
         raise ConfigError(f"{where}: switches train.optimizer to SGD, but it is sgd already; "

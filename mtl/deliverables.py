@@ -18,7 +18,7 @@ and coding of ``annotations_train.csv``:
 the gallery (``test/``) ranked best first, ``top`` images (100 by default, or the whole gallery
 if smaller). File names only, no folders.
 
-Variable-length lines (a distance threshold, reports 001 and 002; :func:`threshold_rows`): each
+Variable-length lines (a distance threshold; :func:`threshold_rows`): each
 query lists every gallery image at distance ``<= threshold``, best first, at least the nearest one
 (a line needs one name, and a nearest guess costs less than no answer) and at most ``top``; the
 rule ``mtl.reid.threshold`` chooses and scores the threshold under.

@@ -263,8 +263,8 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int, cap: float =
 
 
 def positive_ratio_weights(labels: np.ndarray) -> list[float]:
-    """``[w_negative, w_positive]`` of a binary attribute from its positive ratio (report 001's
-    frequency weighting, which cites Li, Chen and Huang 2015, DeepMAR; the weighting of the PAR
+    """``[w_negative, w_positive]`` of a binary attribute from its positive ratio (the
+    frequency weighting of Li, Chen and Huang 2015, DeepMAR; the weighting of the PAR
     literature): ``w_pos = exp(1 - p)``, ``w_neg = exp(p)``, ``p`` = positives / labelled rows.
 
     A rare positive (small ``p``) weighs up to ``e`` times a negative. The masked losses divide by

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules: Adam / AdamW / SGD with a lower learning rate for the
 trunk (fine-tuning a pretrained trunk), warm-up followed by a cosine, step or constant schedule,
-and the optimizer of each training phase (``phase_optimizer``: AdamW first, then SGD, report 001).
+and the optimizer of each training phase (``phase_optimizer``: AdamW first, then SGD).
 Every class is registered with Keras, so a compiled ``model.keras`` reloads with ``compile=True``.
 """
 
@@ -22,7 +22,7 @@ SCHEDULES = ("cosine", "step", "constant")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from ``base_lr / 10`` over ``warmup_steps``, then cosine decay to 1% of
     ``base_lr`` at ``total_steps``, or a step decay (x ``step_factor`` every ``step_size`` steps
-    after the warm-up: 0.1 divides by 10, 0.5 halves as report 003 did), or constant.
+    after the warm-up: 0.1 divides by 10, 0.5 halves), or constant.
 
     Args:
         base_lr: the peak learning rate (after the warm-up).

@@ -18,8 +18,8 @@ Every command that writes or reads a run goes through this module: training (``m
 ``model.keras``             the trained model (the epoch ``train.keep`` chose)
 ``history.json``            per-epoch logs (``epoch`` 1-based, ``time_s``, losses and metrics)
 ``checkpoints/``            ``best.weights.h5`` (lowest monitored loss) and ``backup/`` (resume)
-``metrics.json``            validation metrics per task, ``summary`` (mean accuracy, mA, since
-                            issue 15 ``instance_accuracy/precision/recall/f1``: absent in older
+``metrics.json``            validation metrics per task, ``summary`` (mean accuracy, mA, and
+                            the later ``instance_accuracy/precision/recall/f1``: absent in older
                             runs, readers use ``.get``), ``instance`` (the attributes counted),
                             ``training`` summary, ``reid``; later ``evaluation`` (``mtl-evaluate``)
 ``val_predictions.csv``     per validation image: true / predicted class and confidence per task

@@ -58,6 +58,22 @@ def synthetic_root(tmp_path_factory) -> Path:
                     unlabelled_identities=4, seed=1)
 
 
+@pytest.fixture
+def imat_root(tmp_path) -> Path:
+    """A tiny iMaterialist FGVC4 folder (``tests.source_folders``)."""
+    from tests.source_folders import write_imaterialist
+
+    return write_imaterialist(tmp_path / "imat")
+
+
+@pytest.fixture
+def market_root(tmp_path) -> Path:
+    """A tiny Market-1501 original-layout folder with its attribute file (``tests.source_folders``)."""
+    from tests.source_folders import write_market_original
+
+    return write_market_original(tmp_path / "Market-1501-v15.09.15")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never write into the user's ~/.cache from tests."""

@@ -1,5 +1,5 @@
 """The whole config is validated before any work starts, with one-line errors naming key, value and
-what is valid (issue 11: tracebacks for ``--epochs -1``, ``--tasks ""``, ``--batch-size 0``,
+what is valid (once tracebacks for ``--epochs -1``, ``--tasks ""``, ``--batch-size 0``,
 ``data.image_height=0``, ``model.dropout=1.5``, malformed YAML; ``--epochs 0`` trained nothing)."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ BAD = [
     ({"tune": {"max_trials": 0}}, "tune.max_trials=0"),
     ({"tune": {"objective": " "}}, "tune.objective=' '"),
     ({"tune": {"patience": -2}}, "tune.patience=-2"),
-    # issue 15's methods
+    # the training methods' keys
     ({"model": {"attention": ["top"]}}, "model.attention=['top']"),
     ({"model": {"pooling": "sum"}}, "model.pooling='sum'"),
     ({"model": {"last_stride": 3}}, "model.last_stride=3"),
@@ -179,7 +179,7 @@ def test_a_config_built_in_code_is_type_checked():
     (["--set", "data.image_height=0"], "data.image_height=0"),
     (["--set", "model.dropout=1.5"], "model.dropout=1.5"),
 ])
-def test_issue_cases_through_the_command_line_flags(argv, prefix):
+def test_former_traceback_cases_through_the_command_line_flags(argv, prefix):
     from mtl.cli import config_from_args
     from mtl.cli.train import parser
 

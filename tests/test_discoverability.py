@@ -1,4 +1,4 @@
-"""Options are found from the commands, not the source (issue 12): ``--help`` lists the few valid
+"""Options are found from the commands, not the source: ``--help`` lists the few valid
 values, ``--show-config`` lists every config key with its type, default and meaning (read from the
 config dataclasses), and ``--tasks help`` lists a dataset's tasks, all without training or writing."""
 

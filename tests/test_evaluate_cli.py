@@ -12,8 +12,7 @@ import pytest
 from conftest import TINY_FLAGS
 from mtl.errors import ConfigError, DataError, WriteError
 from tests.fixtures_images import write_tf_unreadable
-from tests.test_relabel import OTHER_ROWS, RUN_ROWS, raw_values
-from tests.test_source_fashion import write_fashion
+from tests.source_folders import OTHER_ROWS, RUN_ROWS, raw_values, write_fashion
 
 TINY = [*TINY_FLAGS, "--set", "augment.pad_crop=0", "--set", "augment.color_jitter=0", "--set", "augment.random_erasing=0",
         "--set", "data.rare_threshold=0.1", "--batch-size", "8"]

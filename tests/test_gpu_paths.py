@@ -159,7 +159,7 @@ def test_config_keys_and_old_boolean_files():
 
 def test_the_shipped_gpu_config_still_loads(tmp_path):
     from mtl.config import load_yaml
-    from tests.conftest import REPO
+    from conftest import REPO
 
     path = REPO / "configs" / "market1501_gpu.yaml"
     cfg = build_config(load_yaml(path))

@@ -1,4 +1,4 @@
-"""Person-mask input channel (issue 15, report 003): the offline mask writer, the pipeline's 4th
+"""Person-mask input channel: the offline mask writer, the pipeline's 4th
 channel and the model's MaskFusion layer."""
 
 from __future__ import annotations

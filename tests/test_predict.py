@@ -14,8 +14,7 @@ from conftest import tiny_config
 from mtl.cli import predict
 from mtl.errors import DataError, WriteError
 from tests.fixtures_images import write_jpeg, write_tf_unreadable
-from tests.test_relabel import RUN_ROWS
-from tests.test_source_fashion import write_fashion
+from tests.source_folders import RUN_ROWS, write_fashion
 
 
 def quiet(*args, **kwargs):

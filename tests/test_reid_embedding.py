@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fixtures_images import write_jpeg
+from tests.fixtures_images import write_jpeg
 from mtl.models.builder import build_model, load_model
 from mtl.reid.embedding import (embedding_layer_name, embedding_model, extract_embeddings, extract_features,
                                 feature_model)

@@ -66,7 +66,7 @@ def test_products_are_evaluated_for_their_attributes_without_a_ranking(tmp_path)
     # product run's evaluation must still give its attribute metrics
     from mtl.models.builder import build_model
     from mtl.reid.protocol import evaluate_labelled
-    from tests.test_source_fashion import write_fashion
+    from tests.source_folders import write_fashion
 
     source = load_source(write_fashion(tmp_path / "fashion"), "fashion")
     table = source.subset("train")

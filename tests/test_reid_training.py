@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from fixtures_images import write_jpeg
+from tests.fixtures_images import write_jpeg
 from mtl.errors import ConfigError
 from mtl.data.prepare import datasets, uses_pk_sampler
 from mtl.experiment import dataset_args, prepare, train

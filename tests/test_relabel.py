@@ -12,32 +12,7 @@ from mtl.data.sources import fashion, load_source
 from mtl.errors import DataError
 from mtl.scoring import evaluate_task
 from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
-from tests.test_source_fashion import write_fashion
-
-
-def products(first_id: int, items: list[tuple[str, str, int]]) -> list[str]:
-    """styles.csv lines: ``(articleType, gender, count)`` -> ``count`` products of that kind."""
-    rows, pid = [], first_id
-    for article, gender, count in items:
-        for _ in range(count):
-            rows.append(f"{pid},{gender},Apparel,Topwear,{article},Black,Summer,2012.0,Casual,Item {pid}")
-            pid += 1
-    return rows
-
-
-# the run's folder: Tshirts > Shirts > Watches, Belts rare (grouped as "other" at 10 %)
-RUN_ROWS = products(100, [("Tshirts", "Men", 10), ("Shirts", "Women", 6), ("Watches", "Unisex", 3),
-                          ("Belts", "Men", 1)])
-# another folder: other frequencies (so another class order), a new article and a new gender
-OTHER_ROWS = products(500, [("Watches", "Women", 7), ("Shirts", "Unisex", 4), ("Tshirts", "Men", 2),
-                            ("Belts", "Girls", 1), ("Socks", "Girls", 1)])
-
-
-def raw_values(root, column):
-    """``{image path: value}`` of one column of a styles.csv, read without any class table."""
-    header, records = fashion.read_styles(root / "styles.csv")
-    i, c = header.index("id"), header.index(column)
-    return {str((root / "images" / f"{f[i]}.jpg").resolve()): f[c] for _, f in records}
+from tests.source_folders import OTHER_ROWS, RUN_ROWS, raw_values, write_fashion
 
 
 @pytest.fixture

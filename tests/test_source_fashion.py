@@ -10,29 +10,7 @@ import pytest
 
 from mtl.data.sources import fashion
 from mtl.errors import DataError
-from tests.fixtures_images import write_jpeg
-
-HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
-# 20 products: articleType Tshirts x10, Shirts x6, Watches x3, Belts x1 (rare)
-ROWS = (
-    [f"{100 + i},Men,Apparel,Topwear,Tshirts,Black,Summer,2012.0,Casual,Tee {i}" for i in range(10)]
-    + [f"{200 + i},Women,Apparel,Topwear,Shirts,White,Fall,,Casual,Shirt {i}" for i in range(6)]
-    + [f"{300 + i},Unisex,Accessories,Watches,Watches,Black,Winter,2011.0,Formal,Watch {i}" for i in range(2)]
-    # empty baseColour and usage; display name with unquoted commas (12 fields)
-    + ["302,Unisex,Accessories,Watches,Watches,,Winter,2011.0,,Watch, steel, 40mm"]
-    + ['400,Men,Accessories,Belts,Belts,Brown,Summer,2012.0,Casual,"Belt, leather"']
-)
-
-
-def write_fashion(root: Path, rows=ROWS, missing_images=()) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "styles.csv").write_text("\n".join([HEADER, *rows]) + "\n")
-    (root / "images").mkdir(exist_ok=True)
-    for line in rows:
-        pid = line.split(",", 1)[0]
-        if pid not in missing_images:
-            write_jpeg(root / "images" / f"{pid}.jpg")
-    return root
+from tests.source_folders import ROWS, write_fashion
 
 
 @pytest.fixture

@@ -2,76 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import pytest
 
 from mtl.data.sources import imaterialist
 from mtl.errors import DataError
-from tests.fixtures_images import write_jpeg
-
-TASKS = [
-    {"taskId": "1", "taskName": "apparel class"},
-    {"taskId": "2", "taskName": "dress:color"},
-    {"taskId": "3", "taskName": "shoe:type"},
-    {"taskId": "4", "taskName": "pants:age"},  # no labels: left out
-]
-LABELS = [
-    {"labelId": "1", "labelName": "dress", "taskId": "1", "taskName": "apparel class"},
-    {"labelId": "2", "labelName": "shoe", "taskId": "1", "taskName": "apparel class"},
-    {"labelId": "3", "labelName": "pants", "taskId": "1", "taskName": "apparel class"},
-    {"labelId": "10", "labelName": "black", "taskId": "2", "taskName": "dress:color"},
-    {"labelId": "11", "labelName": "red", "taskId": "2", "taskName": "dress:color"},
-    {"labelId": "12", "labelName": "blue", "taskId": "2", "taskName": "dress:color"},
-    {"labelId": "20", "labelName": "boot", "taskId": "3", "taskName": "shoe:type"},
-    {"labelId": "21", "labelName": "sandal", "taskId": "3", "taskName": "shoe:type"},
-    {"labelId": "22", "labelName": "heel", "taskId": "3", "taskName": "shoe:type"},  # never used
-]
-
-
-def ann(image, task, label):
-    return {"imageId": str(image), "taskId": str(task), "labelId": str(label)}
-
-
-TRAIN = {
-    "images": [{"imageId": str(i), "url": [f"http://example.com/{i}.jpg"]} for i in range(1, 6)],
-    "annotations": [
-        ann(1, 1, 1), ann(1, 2, 11),
-        ann(2, 1, 2), ann(2, 3, 20),
-        ann(3, 1, 3),
-        ann(4, 1, 1), ann(4, 2, 10), ann(4, 2, 12),  # two colours for one task: first kept, warned
-        ann(5, 1, 2),  # image 5 is not on disk
-    ],
-}  # fmt: skip
-# later layout: a list of label ids per image, tasks from the label map
-VALIDATION = {
-    "images": [{"imageId": "1", "url": []}, {"imageId": "2", "url": []}],
-    "annotations": [{"imageId": "1", "labelId": ["1", "12"]}, {"imageId": "2", "labelId": ["2", "21"]}],
-}
-TEST = {"images": [{"imageId": "1", "url": []}, {"imageId": "2", "url": []}]}
-
-
-def dump(path, data):
-    path.write_text(json.dumps(data))
-
-
-@pytest.fixture
-def imat_root(tmp_path):
-    root = tmp_path / "imat"
-    root.mkdir()
-    dump(root / "fgvc4_iMat.train.data.json", TRAIN)
-    dump(root / "validation.json", VALIDATION)
-    dump(root / "test.json", TEST)
-    dump(root / "fgvc4_iMat.task_map.json", {"taskInfo": TASKS})
-    dump(root / "fgvc4_iMat.label_map.json", {"labelInfo": LABELS})
-    for i in range(1, 5):
-        write_jpeg(root / "images" / f"{i}.jpg")
-        write_jpeg(root / "train" / f"{i}.jpg")
-    for i in (1, 2):
-        write_jpeg(root / "validation" / f"{i}.jpg")
-        write_jpeg(root / "test" / f"{i}.jpg")
-    return root
+from tests.source_folders import TRAIN, ann, dump
 
 
 def load_quiet(*args, **kwargs):

@@ -9,73 +9,7 @@ import scipy.io
 from mtl.data.sources import market_original
 from mtl.data.sources.market_course import market_tasks
 from mtl.errors import DataError
-from tests.fixtures_images import write_jpeg
-
-# field orders of the real file: train and test structs list their fields differently
-TRAIN_ORDER = (
-    "age", "backpack", "bag", "handbag", "downblack", "downblue", "downbrown", "downgray", "downgreen",
-    "downpink", "downpurple", "downwhite", "downyellow", "upblack", "upblue", "upgreen", "upgray",
-    "uppurple", "upred", "upwhite", "upyellow", "clothes", "down", "up", "hair", "hat", "gender",
-    "image_index",
-)  # fmt: skip
-TEST_ORDER = ("age", "backpack", "bag", "handbag", "clothes", "down", "up", "hair", "hat", "gender") + tuple(
-    market_original.ATTRIBUTE_FIELDS[10:]
-) + ("image_index",)
-
-IMAGES = {
-    "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c3s2_001234_02.jpg"],
-    "query": ["0010_c1s1_001051_00.jpg", "0012_c4s3_000100_00.jpg"],
-    "bounding_box_test": [
-        "0010_c2s1_000200_01.jpg",
-        "0012_c5s1_000300_02.jpg",
-        "0000_c1s1_000151_01.jpg",  # distractor: kept
-        "-1_c1s1_000401_03.jpg",  # junk: dropped
-    ],
-}
-
-
-def codes(**set_values) -> dict:
-    """All 27 attributes coded 1 (no / first value), with some overrides."""
-    c = {f: 1 for f in market_original.ATTRIBUTE_FIELDS}
-    c.update(set_values)
-    return c
-
-
-TRAIN_CODES = {
-    "0002": codes(age=2, gender=2, backpack=2, upred=2),  # downcolor: none set -> multicolor
-    "0007": codes(age=4, hair=2, upblack=2, upblue=2, downbrown=2),  # two up colours: first wins
-    "0003": codes(age=3),  # identity without images: ignored
-}
-TEST_CODES = {"0010": codes(age=1, hat=2, upgreen=2, downblack=2)}  # 0012: not in the file
-
-
-def struct(rows: dict, order: tuple[str, ...]) -> dict:
-    s = {}
-    for f in order:
-        if f == "image_index":
-            cell = np.empty((1, len(rows)), dtype=object)
-            for i, k in enumerate(rows):
-                cell[0, i] = k
-            s[f] = cell
-        else:
-            s[f] = np.array([[rows[k][f] for k in rows]], dtype=np.uint8)
-    return s
-
-
-def write_mat(path, train=TRAIN_CODES, test=TEST_CODES):
-    # test first, like the real file
-    scipy.io.savemat(str(path), {"market_attribute": {"test": struct(test, TEST_ORDER), "train": struct(train, TRAIN_ORDER)}})
-
-
-@pytest.fixture
-def market_root(tmp_path):
-    root = tmp_path / "Market-1501-v15.09.15"
-    for folder, names in IMAGES.items():
-        for i, n in enumerate(names):
-            write_jpeg(root / folder / n, color=(10 * i, 20, 30))
-    (root / "bounding_box_test" / "Thumbs.db").write_bytes(b"x")
-    write_mat(root / "market_attribute.mat")
-    return root
+from tests.source_folders import TRAIN_CODES, TRAIN_ORDER, codes, struct, write_mat
 
 
 def test_mat_round_trip_has_real_shape(market_root):

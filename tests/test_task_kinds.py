@@ -14,7 +14,7 @@ from mtl.errors import ConfigError, DataError
 from mtl.tasks import (BINARY, CATEGORICAL, IDENTITY, KINDS, REGRESSION, TaskKind, TaskSpec, attribute_tasks,
                        classification_tasks, find_identity, resolve)
 from tests.conftest import tiny_config
-from tests.test_source_fashion import HEADER, write_fashion
+from tests.source_folders import HEADER, write_fashion
 
 REPO = Path(__file__).resolve().parents[1]
 YEAR = TaskSpec("year", (), REGRESSION, center=2012.0, spread=2.0)

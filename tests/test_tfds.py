@@ -13,9 +13,7 @@ from mtl.data.prepare import prepare_data  # noqa: E402
 from mtl.data.sources import load_source  # noqa: E402
 from mtl.data.tfds.builder import MISSING  # noqa: E402
 from mtl.errors import ConfigError, DataError  # noqa: E402
-from tests.test_source_fashion import write_fashion  # noqa: E402
-from tests.test_source_imaterialist import imat_root  # noqa: E402,F401 (fixture)
-from tests.test_source_market_original import market_root  # noqa: E402,F401 (fixture)
+from tests.source_folders import write_fashion  # noqa: E402
 
 tfds.disable_progress_bar()
 

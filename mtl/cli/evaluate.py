@@ -32,7 +32,7 @@ euclidean; mAP, mINP, rank-1/5/10 and CMC without and with k-reciprocal re-ranki
 metrics of a random ranking ("chance"). --attr-weight / --attr-alpha add attribute-combined
 distances (d_feat + w * d_attr and d_feat * (alpha + d_attr)) to measure whether attributes help.
 
-A run trained with data.junk_fraction > 0 (report 003's junk class) ranks only the gallery images
+A run trained with data.junk_fraction > 0 (an auxiliary junk class) ranks only the gallery images
 it does not predict junk: P(junk) above --junk-threshold (default 0.5) are left out, and the
 command prints how many.
 

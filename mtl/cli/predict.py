@@ -27,7 +27,7 @@ Course deliverables of a Market-1501 course-layout folder (only test/ and querie
   reid_test.txt            one line per queries/ image (sorted): "000123.jpg: 004567.jpg, ...", the
                            test/ gallery ranked best first, --top images (default 100). Images that
                            cannot be decoded are left out of the rankings (and a query gets no line).
-                           --reid-threshold makes the lines variable-length (reports 001, 002): every
+                           --reid-threshold makes the lines variable-length: every
                            test/ image at distance <= the threshold, best first, at least the nearest
                            one, at most --top; auto: the threshold the run chose on its held-out people
                            (metrics.json reid.threshold, with its cross-validated F1).
@@ -228,7 +228,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
         print(f"{root}: no queries/ images: {REID_FILE} not written")
         return 0
     g_feat = outputs[layer].reshape(len(gallery), -1)
-    if junk:  # the test/ images the run predicts junk are not retrieved (report 003)
+    if junk:  # the test/ images the run predicts junk (not a person) are not retrieved
         threshold = JUNK_THRESHOLD if args.junk_threshold is None else args.junk_threshold
         is_junk = junk_flags(outputs[JUNK], threshold)
         gallery, g_feat = gallery[~is_junk].reset_index(drop=True), g_feat[~is_junk]

@@ -279,13 +279,13 @@ def stream_seed(seed: int, stream: int) -> int:
 
 AUGMENT_STREAM = 1  # stream_seed(seed, AUGMENT_STREAM): the per-batch augmentation seeds of make_dataset / pk_dataset
 JUNK_STREAM = 2  # folded into a batch's augmentation seed: the junk draws of add_junk
-JUNK_AREA = (0.1, 0.3)  # a junk crop covers this share of the image's area (report 003: "zoom in on some part")
+JUNK_AREA = (0.1, 0.3)  # a junk crop covers this share of the image's area (a zoom on some part of it)
 JUNK_ASPECT = (0.5, 2.0)  # and its height / width ratio is this many times the image's
 
 
 def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float, seed: tf.Tensor,
              junk: str = "junk") -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """Replace a share of a batch by junk images: random zoomed-in crops of its own images (report 003).
+    """Replace a share of a batch by junk images: random zoomed-in crops of its own images.
 
     ``round(fraction * B)`` rows, chosen at random, become a crop of their own image covering
     ``JUNK_AREA`` of it (aspect ``JUNK_ASPECT`` times the image's, uniform position), resized back

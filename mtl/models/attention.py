@@ -1,4 +1,4 @@
-"""CBAM: channel then spatial attention on a feature map (Woo et al., ECCV 2018; course report 001).
+"""CBAM: channel then spatial attention on a feature map (Woo et al., ECCV 2018).
 
 ``CBAM`` re-weights a ``(N, H, W, C)`` feature map twice:
 

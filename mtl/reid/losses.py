@@ -11,10 +11,10 @@ codes of their own, see ``mtl.reid.heads.embedding_labels``: the triplet loss on
   ``train.hard_mining`` (:func:`embedding_loss`):
 
   ``triplet`` (default): :class:`BatchHardTripletLoss` with hard mining (the default), else
-  :class:`BatchAllTripletLoss`; ``contrastive`` (report 002's Siamese loss, Hadsell, Chopra and
-  LeCun 2006): :class:`ContrastiveLoss`; ``centroid_triplet`` (report 003, Wieczorek et al.
+  :class:`BatchAllTripletLoss`; ``contrastive`` (the Siamese pair loss, Hadsell, Chopra and
+  LeCun 2006): :class:`ContrastiveLoss`; ``centroid_triplet`` (Wieczorek et al.
   2021): :class:`CentroidTripletLoss`. These two take each anchor's hardest negative in the
-  batch with hard mining (the issue's "hardest-negative mining"), else every negative;
+  batch with hard mining, else every negative;
 * ``center`` (squared distances to learnt class centres, optional): :class:`CenterLoss`.
 
 Their sum (weighted by ``train.loss_weights``) is the joint ID + triplet loss of the
@@ -175,7 +175,7 @@ class BatchAllTripletLoss(_TripletLoss):
 
 @keras.saving.register_keras_serializable(package="mtl")
 class ContrastiveLoss(keras.losses.Loss):
-    """Contrastive loss on the pairs of the batch (Hadsell, Chopra and LeCun 2006; report 002's Siamese).
+    """Contrastive loss on the pairs of the batch (Hadsell, Chopra and LeCun 2006; a Siamese loss).
 
     On the L2-normalised embeddings (``normalize``), with Euclidean distances ``d`` (in [0, 2])::
 
@@ -232,7 +232,7 @@ class ContrastiveLoss(keras.losses.Loss):
 @keras.saving.register_keras_serializable(package="mtl")
 class CentroidTripletLoss(keras.losses.Loss):
     """Centroid triplet loss (Wieczorek et al. 2021, "On the unreasonable effectiveness of centroids
-    in image retrieval"; report 003): each image against class centroids instead of other images.
+    in image retrieval"): each image against class centroids instead of other images.
 
     For every anchor ``a`` (label ``y``) with at least one other image of ``y`` in the batch and
     at least one image of another label, using Euclidean distances::

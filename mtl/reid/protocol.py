@@ -55,7 +55,7 @@ CMC_RANKS = 20  # length of the CMC curve stored in metrics
 EXAMPLE_QUERIES = 9
 EXAMPLE_TOP = 10
 NO_CAMERAS = "not applicable (products have no camera views)"
-# a gallery image whose junk probability is above this is left out of the ranking (report 003),
+# a gallery image whose junk probability is above this is left out of the ranking,
 # for a model trained with data.junk_fraction > 0 (its ``junk`` output)
 JUNK_THRESHOLD = 0.5
 ONE_CAMERA = "skipped (no identity is seen by two cameras)"
@@ -375,8 +375,8 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
     """Evaluate a model on labelled query / gallery images with one pass of feature extraction.
 
     A model with the ``junk`` output (``data.junk_fraction``) ranks only the gallery images it
-    does not predict junk (P(junk) > ``junk_threshold`` are dropped, as report 003 filtered its
-    retrievals); ``reid`` then holds ``junk_dropped`` (how many) and ``junk_threshold``.
+    does not predict junk (P(junk) > ``junk_threshold`` are dropped, so that non-person crops are not
+    retrieved); ``reid`` then holds ``junk_dropped`` (how many) and ``junk_threshold``.
 
     Args:
         model: the trained multi-task model; its descriptor is ``embedding`` (or ``pool``
@@ -435,7 +435,7 @@ def evaluate_labelled(model, tasks: Sequence[TaskSpec], query: pd.DataFrame, gal
         result["reid"] = {"feature_layer": layer, **reid}
         if junk:
             result["reid"] |= {"junk_dropped": int((~kept).sum()), "junk_threshold": float(junk_threshold)}
-        if threshold:  # variable-length retrieval (reports 001, 002), chosen on these people
+        if threshold:  # variable-length retrieval (a distance threshold), chosen on these people
             from mtl.reid.threshold import holdout_threshold
 
             result["reid"]["threshold"] = holdout_threshold(

@@ -1,10 +1,9 @@
 """Variable-length retrieval: a distance threshold instead of a fixed number of images per query.
 
-Two course reports (001, 002) listed, for each query, every gallery image closer than a threshold,
-because the number of true matches varies from person to person. Report 001 set it by eye ("a
-little bit higher ... I would rather pick the wrong images than lose any right one"), report 002
-searched it on validation people. Here it is chosen on held-out people to maximise the mean
-per-query F1 of the returned set, and measured on other held-out people.
+Each query lists every gallery image closer than a threshold, because the number of true matches
+varies from person to person. It can be set by eye or searched on validation people; here it is
+chosen on held-out people to maximise the mean per-query F1 of the returned set, and measured on
+other held-out people.
 
 Protocol (Market-1501, as ``mtl.reid.evaluate.evaluate_rank``):
 

@@ -163,7 +163,7 @@ def _training_items(training: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 # metrics.json "summary" keys shown at a glance, in order; a run written before a key existed
-# (the instance-based metrics came with issue 15) simply lacks it and its figure is left out
+# (e.g. the instance-based metrics, added later) simply lacks it and its figure is left out
 SUMMARY_HEADLINE = (("mean_accuracy", "mean accuracy"), ("mean_majority_accuracy", "mean majority baseline"),
                     ("mean_macro_f1", "mean macro F1"), ("mA", "mA (binary attributes)"),
                     ("instance_f1", "instance F1"))

@@ -15,7 +15,7 @@ Modules, in the order a search uses them:
   inside the trial, post-trial metrics, the objective value at the epoch whose weights are kept).
 * ``tuners``: :func:`make_tuner`: random / bayesian / hyperband tuners that release each trial's
   memory (``memory``: :func:`release_graph_memory`), record it, and keep the trials table current.
-* ``search``: :func:`run_search`; :func:`prepare_out_dir`: an existing search is never reused
+* ``runner``: :func:`run_search`; :func:`prepare_out_dir`: an existing search is never reused
   silently (``resume`` / ``overwrite`` and a fingerprint of the search settings); distributed
   search (:func:`distributed_role`).
 * ``results``: :func:`write_results`: ``trials.csv``, ``best_config.yaml``, ``tuning.json``.
@@ -30,7 +30,7 @@ from mtl.tuning.hypermodel import MtlHyperModel, post_trial_metrics, reid_metric
 from mtl.tuning.memory import gradient_registry_mark, release_graph_memory, rss_mb
 from mtl.tuning.objective import Objective, direction_of, is_post_trial, objective_metrics, resolve_objective
 from mtl.tuning.results import best_trial, trials_table, write_results
-from mtl.tuning.search import (CHIEF_WAIT_S, RESULT_FILES, check_worker_settings, distributed_role, fingerprint,
+from mtl.tuning.runner import (CHIEF_WAIT_S, RESULT_FILES, check_worker_settings, distributed_role, fingerprint,
                                prepare_out_dir, run_search, search_settings, wait_for_chief)
 from mtl.tuning.space import SpaceReader, config_for, declared_space, flatten_space, hp_values, search_space
 from mtl.tuning.tuners import PROJECT, BayesianOptimization, Hyperband, RandomSearch, make_tuner

@@ -1,4 +1,4 @@
-"""The identity task's metric losses (issue 15, reports 002 and 003): ``train.metric_loss``
+"""The identity task's metric losses: ``train.metric_loss``
 (triplet, contrastive, centroid_triplet) and ``train.hard_mining``, each against a plain numpy
 reference written from the papers' definitions, and each trained for a step and reloaded."""
 

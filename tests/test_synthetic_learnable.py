@@ -1,4 +1,4 @@
-"""The embedded default must be learnable (issue 12): the README's first command, ``mtl-train --tasks
+"""The embedded default must be learnable: the README's first command, ``mtl-train --tasks
 age,color``, must end with every task clearly above its majority baseline. Before the synthetic
 people drew age as a head one pixel larger (young) or grey hair (old), ``age`` ended at 0.44 against
 0.50; now age is drawn as body proportions and hair shade (``mtl.data.synthetic.AGE_BODY``)."""

@@ -1,4 +1,4 @@
-"""Report 003's auxiliary classes: the camera task (from the file names) and the junk class
+"""The auxiliary classes: the camera task (from the file names) and the junk class
 (random zoomed-in crops in training, junk gallery images dropped at retrieval time)."""
 
 from __future__ import annotations

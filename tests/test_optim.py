@@ -1,4 +1,4 @@
-"""Issue 15, reports 001 and 003: the step schedule's factor (halving every N epochs) and the
+"""The step schedule's factor (halving every N epochs) and the
 optimizer switch (AdamW for the first epochs, then SGD with Nesterov momentum), through the
 engine's phases, the epoch logs, the saved model and a resume after a kill."""
 
@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tiny_config
 from mtl import engine
-from mtl.engine import Phase, TrainArgs, training_phases
+from mtl.engine import TrainArgs
 from mtl.errors import ConfigError
-from mtl.optim import SGD_LR_FACTOR, TrunkLRAdamW, TrunkLRSGD, WarmupSchedule, phase_optimizer
+from mtl.optim import TrunkLRAdamW, TrunkLRSGD, WarmupSchedule
 
 TRAIN = {"epochs": 3, "sgd_from_epoch": 2, "schedule": "step", "step_epochs": 1, "step_factor": 0.5,
          "warmup_epochs": 0, "learning_rate": 1e-3, "batch_size": 32}
@@ -42,20 +42,6 @@ def test_schedule_factor_serialises_and_old_configs_keep_the_tenth():
     assert again.step_factor == 0.5 and _rates(again, [10]) == pytest.approx([0.005])
     old = {k: v for k, v in schedule.get_config().items() if k != "step_factor"}  # a model.keras of before
     assert WarmupSchedule.from_config(old).step_factor == 0.1
-
-
-def test_phases_split_where_the_trunk_unfreezes_and_where_sgd_starts():
-    args = TrainArgs(epochs=10, freeze_trunk_epochs=2, sgd_from_epoch=6)
-    assert training_phases(args) == [Phase(0, 2, False, False, 0), Phase(2, 6, True, False, 2),
-                                     Phase(6, 10, True, True, 2)]
-    # the switch carries the schedule on (step 4 epochs after unfreezing); a resume lands in its phase
-    assert training_phases(args)[2].initial_step(5) == 20
-    assert training_phases(args, initial_epoch=7) == [Phase(7, 10, True, True, 2)]
-    assert training_phases(TrainArgs(epochs=4)) == [Phase(0, 4)]  # no switch: one phase, as before
-    assert engine.phase_at(training_phases(args), 6).sgd and not engine.phase_at(training_phases(args), 5).sgd
-    assert phase_optimizer("adamw", 1e-3) == ("adamw", 1e-3)
-    assert phase_optimizer("adamw", 1e-3, sgd_phase=True) == ("sgd", pytest.approx(SGD_LR_FACTOR * 1e-3))
-    assert phase_optimizer("adamw", 1e-3, sgd_phase=True, sgd_learning_rate=0.05) == ("sgd", 0.05)
 
 
 @pytest.mark.parametrize("train, message", [

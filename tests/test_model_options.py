@@ -1,4 +1,4 @@
-"""The builder's model options (issue 15): CBAM attention after trunk stages (report 001), GeM
+"""The builder's model options: CBAM attention after trunk stages, GeM
 pooling and last stride 1 (the strong re-identification baselines).
 
 * the layers: GeM against numpy, CBAM against a numpy CBAM with the same weights, both config round

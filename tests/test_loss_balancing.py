@@ -1,4 +1,4 @@
-"""Loss balancing and class imbalance (issue 15, ``mtl.balancing``): ``train.loss_balancing``
+"""Loss balancing and class imbalance (``mtl.balancing``): ``train.loss_balancing``
 (fixed, uncertainty, dwa) and ``train.class_weighting`` (none, inverse, positive, confusion).
 
 The arithmetic is checked against values worked out by hand; each mode trains on tiny data,

@@ -1,13 +1,16 @@
-"""Fine-tuning support: a frozen trunk (BatchNorm in inference mode) then an unfrozen one with a
-lower learning rate, through the same compile path as scripts/train.py."""
+"""The training engine: its phases (a frozen trunk, BatchNorm in inference mode, then an unfrozen one
+with a lower learning rate; the optimizer switch) through the same compile path as scripts/train.py."""
 
 import keras
 import numpy as np
+import pytest
 
 from conftest import tiny_config
-from mtl.engine import compile_model, trunk_phases
+from mtl import engine
+from mtl.engine import Phase, TrainArgs, compile_model, training_phases, trunk_phases
 from mtl.experiment import model_kwargs, train_args
 from mtl.models.builder import build_model, get_trunk
+from mtl.optim import SGD_LR_FACTOR, phase_optimizer
 from mtl.tasks import TaskSpec
 
 TASKS = [TaskSpec("hat", ("no", "yes"), "binary"), TaskSpec("color", ("r", "g", "b"))]
@@ -60,3 +63,17 @@ def test_trunk_phases_freeze_then_unfreeze_and_resume_inside_either_phase():
     assert trunk_phases(2, 10, initial_epoch=1) == [(1, 2, False), (2, 10, True)]
     assert trunk_phases(2, 10, initial_epoch=5) == [(5, 10, True)]  # resumed after unfreezing
     assert trunk_phases(2, 10, initial_epoch=10) == []
+
+
+def test_phases_split_where_the_trunk_unfreezes_and_where_sgd_starts():
+    args = TrainArgs(epochs=10, freeze_trunk_epochs=2, sgd_from_epoch=6)
+    assert training_phases(args) == [Phase(0, 2, False, False, 0), Phase(2, 6, True, False, 2),
+                                     Phase(6, 10, True, True, 2)]
+    # the switch carries the schedule on (step 4 epochs after unfreezing); a resume lands in its phase
+    assert training_phases(args)[2].initial_step(5) == 20
+    assert training_phases(args, initial_epoch=7) == [Phase(7, 10, True, True, 2)]
+    assert training_phases(TrainArgs(epochs=4)) == [Phase(0, 4)]  # no switch: one phase, as before
+    assert engine.phase_at(training_phases(args), 6).sgd and not engine.phase_at(training_phases(args), 5).sgd
+    assert phase_optimizer("adamw", 1e-3) == ("adamw", 1e-3)
+    assert phase_optimizer("adamw", 1e-3, sgd_phase=True) == ("sgd", pytest.approx(SGD_LR_FACTOR * 1e-3))
+    assert phase_optimizer("adamw", 1e-3, sgd_phase=True, sgd_learning_rate=0.05) == ("sgd", 0.05)
