@@ -154,7 +154,7 @@ def test_dwa_scales_every_term_and_wraps_the_embedding_loss():
 
 
 def test_confusion_class_weights_are_a_variable_the_loss_reads():
-    from mtl.engine import _label_weight, task_losses
+    from mtl.engine import task_losses
 
     model = _tiny_model([AGE])
     balancer = attach(model, [AGE], "fixed", "confusion")
@@ -163,7 +163,7 @@ def test_confusion_class_weights_are_a_variable_the_loss_reads():
     expected = float(MaskedSparseCategoricalCrossentropy(class_weights=[1.0, 1.0, 4.0, 1.0])(Y_AGE, P_AGE))
     assert float(loss(Y_AGE, P_AGE)) == pytest.approx(expected)
     # the custom loop's share of the global label weight reads the same weights
-    assert float(_label_weight(loss, Y_AGE)) == pytest.approx(6.0)
+    assert float(loss.label_weight(Y_AGE)) == pytest.approx(6.0)
     # the training confusion: rows 0 and 3 right, row 1 right (argmax 2), row 2 unlabelled
     correct, total = balancer.confusion_counts()["age"]
     np.testing.assert_array_equal(total, [1, 0, 1, 1])

@@ -31,13 +31,15 @@ def test_load_default(fashion_root):
     src = fashion.load(fashion_root, rare_threshold=0)
     t = src.table
     assert src.name == "fashion"
-    assert list(src.tasks) == list(fashion.DEFAULT_COLUMNS)
-    assert "year" not in src.tasks
+    # the class columns, then the year: a value (regression), which `all` leaves out
+    assert list(src.tasks) == [*fashion.DEFAULT_COLUMNS, *fashion.NUMERIC_COLUMNS]
+    assert src.tasks["year"].kind == "regression"
     assert len(t) == 20
     assert set(t["subset"]) == {"train"} and (t["camera"] == -1).all()
     assert by_id(t, 302)["path"] == str(fashion_root.resolve() / "images" / "302.jpg")
-    for c in ("identity", "camera", *src.tasks):
+    for c in ("identity", "camera", *fashion.DEFAULT_COLUMNS):
         assert t[c].dtype == np.int64
+    assert t["year"].dtype == np.float64
     # frequency order, then name
     assert src.tasks["articleType"].classes == ("Tshirts", "Shirts", "Watches", "Belts")
     assert src.tasks["gender"].classes == ("Men", "Women", "Unisex")
@@ -66,8 +68,8 @@ def test_rare_grouping(fashion_root):
 def test_columns_option(fashion_root):
     src = fashion.load(fashion_root, columns="articleType, year", rare_threshold=0)
     assert list(src.tasks) == ["articleType", "year"]
-    assert src.tasks["year"].classes == ("2012", "2011")  # "2012.0" read as 2012; 6 empty cells
-    assert (src.table["year"] == -1).sum() == 6
+    assert src.tasks["year"].kind == "regression"  # "2012.0" read as 2012.0; 6 empty cells
+    assert src.table["year"].isna().sum() == 6 and set(src.table["year"].dropna()) == {2012.0, 2011.0}
     assert src.aliases == {"apparel": ("articleType",)}
     with pytest.raises(DataError, match="unknown task columns colour"):
         fashion.load(fashion_root, columns=["colour"])

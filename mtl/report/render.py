@@ -359,8 +359,9 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
     ctx["task_sections"] = []
     for t in specs:
         r = task_metrics.get(t["name"])
-        section: dict[str, Any] = {"name": t["name"], "kind": t["kind"], "metrics": None, "per_class": None,
-                                   "confusion": None, "examples": [], "css": verdict_css.get(t["name"], "")}
+        section: dict[str, Any] = {"name": t["name"], "kind": t["kind"], "metrics": None, "values": None,
+                                   "per_class": None, "confusion": None, "scatter": None, "examples": [],
+                                   "css": verdict_css.get(t["name"], "")}
         kind = KINDS.get(t["kind"], KINDS[CATEGORICAL])
         if r is not None:
             figures_of_task = [(label, r.get(key)) for key, label in kind.report_metrics if figures.finite(r.get(key))]
@@ -382,8 +383,7 @@ def run_context(rf: RunFiles, quiet: bool = True, per_group: int = PER_GROUP,
         if preds is not None:
             section["examples"] = prediction_examples(preds, t["name"], t["classes"], thumbs.uri, per_group,
                                                       full=thumbs.full_uri)
-        if section["metrics"] or section.get("values") or section["confusion"] or section.get("scatter") \
-                or section["examples"]:
+        if section["metrics"] or section["values"] or section["confusion"] or section["scatter"] or section["examples"]:
             ctx["task_sections"].append(section)
 
     # re-identification: at the end of training (validation people) and / or from mtl-evaluate;
