@@ -15,10 +15,9 @@ from typing import Sequence
 
 import keras
 
+from mtl.choices import HEAD_TYPES
 from mtl.errors import ConfigError
 from mtl.tasks import BINARY, CATEGORICAL, TaskSpec
-
-HEAD_TYPES = ("private", "public")
 
 
 def _dense(units, name, activation="relu"):
