@@ -237,8 +237,7 @@ class AugmentConfig:
 class ModelConfig:
     """The network: a shared trunk and one head per task."""
 
-    trunk: str = _key("resnet_small", "shared trunk: " + NAMES,
-                      rule=_Choice("mtl.choices:TRUNK_NAMES"))
+    trunk: str = _key("resnet_small", "shared trunk: " + NAMES, rule=_Choice("mtl.choices:TRUNK_NAMES"))
     weights: str | None = _key(None, "trunk weights: null (random), imagenet or a local weights file",
                                rule=_text(optional=True))  # the file is looked for when the trunk is built
     width: float = _key(1.0, "width multiplier of the small residual trunks (resnet_small, resnet18ish)",
@@ -272,8 +271,7 @@ class TrainConfig:
     learning_rate: float = _key(1e-3, "peak learning rate (after the warm-up)", rule=_above(0))
     weight_decay: float = _key(5e-4, "weight decay of adamw and sgd (adam has none)", rule=_at_least(0))
     trunk_lr_multiplier: float = _key(1.0, "the trunk's learning rate = this x learning_rate (< 1 for a "
-                                           "pretrained trunk; 0 holds it still)",
-                                      rule=_at_least(0))
+                                           "pretrained trunk; 0 holds it still)", rule=_at_least(0))
     freeze_trunk_epochs: int = _key(0, "pretrained trunks: train the heads only for this many epochs first",
                                     rule=_at_least(0))
     warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up", rule=_at_least(0))
@@ -564,23 +562,25 @@ def config_keys(cfg_type: type = Config, prefix: str = "") -> dict[str, Any]:
     Returns:
         ``{"tasks": str, "data.path": str | None, ...}`` in declaration order.
     """
+    return {key: annotation for key, (annotation, _) in _leaves(cfg_type, prefix).items()}
+
+
+@functools.cache
+def _leaves(cfg_type: type = Config, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """``config_keys`` with each key's field (read once: ``validate`` runs for every trial of a search)."""
     hints = typing.get_type_hints(cfg_type)
-    keys: dict[str, Any] = {}
+    leaves: dict[str, tuple[Any, dataclasses.Field]] = {}
     for f in dataclasses.fields(cfg_type):
         if dataclasses.is_dataclass(hints[f.name]):
-            keys.update(config_keys(hints[f.name], f"{prefix}{f.name}."))
+            leaves.update(_leaves(hints[f.name], f"{prefix}{f.name}."))
         else:
-            keys[f"{prefix}{f.name}"] = hints[f.name]
-    return keys
+            leaves[f"{prefix}{f.name}"] = (hints[f.name], f)
+    return leaves
 
 
 def _field(key: str) -> dataclasses.Field:
     """The dataclass field of a dotted key (``train.epochs``)."""
-    cls: Any = Config
-    *sections, name = key.split(".")
-    for section in sections:
-        cls = typing.get_type_hints(cls)[section]
-    return next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _leaves()[key][1]
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -602,7 +602,7 @@ def valid_values(key: str) -> tuple[str, ...]:
     Raises:
         ValueError: ``key`` is not a choice key.
     """
-    rule = _field(key).metadata.get("rule")
+    rule = _field(key).metadata["rule"] if key in _leaves() else None
     if not isinstance(rule, _Choice):
         raise ValueError(f"{key} is not a choice key")
     return rule.values()
@@ -757,9 +757,9 @@ def validate(cfg: Config) -> Config:
         ConfigError: the first problem, on one line naming the key, the value and what is valid,
             e.g. ``train.epochs=-1: must be at least 1``.
     """
-    for key, annotation in config_keys().items():
+    for key, (annotation, f) in _leaves().items():
         value = _get(cfg, key)
-        rule = _field(key).metadata["rule"]
+        rule = f.metadata["rule"]
         problem = _type_problem(value, annotation) or (rule(value) if rule else None)
         if problem:
             shown = list(value) if isinstance(value, tuple) else value  # as written in YAML or --set
