@@ -1,13 +1,12 @@
-"""The names that the config's choice keys (and ``mtl-export --format``) choose among, each declared
-once, without TensorFlow.
+"""The names that the config's choice keys (and ``mtl-export --format``) choose among, each
+declared once, in a module that imports nothing.
 
-The modules that implement the choices import TensorFlow (``mtl.optim``, ``mtl.callbacks``,
+The code behind most choices imports TensorFlow (``mtl.optim``, ``mtl.callbacks``,
 ``mtl.distribute``, ``mtl.engine``, ``mtl.balancing``, ``mtl.data.prepare``, ``mtl.models``,
-``mtl.reid.losses``, ``mtl.tuning``), while light commands validate a config and list its keys
-(``mtl.config``, ``--help``, ``--show-config``) without it; ``mtl.export`` imports the numerical
-stack, which ``mtl-export --help`` does without. So the names live here: each
-implementing module takes its table from this module, and ``mtl.config`` refers to it by name
-(``"mtl.choices:OPTIMIZERS"``), read when a value is first checked.
+``mtl.reid.losses``, ``mtl.tuning``) and ``mtl.export`` imports numpy and pandas, while light
+commands list and check the names without them (``mtl.config``'s validation, ``--help``,
+``--show-config``). So each implementing module takes its names from here, and ``mtl.config``
+names the table by reference (``"mtl.choices:OPTIMIZERS"``), read when a value is first checked.
 
 A new choice (an optimizer, say) is its name here plus its code in the module that implements it.
 Trunks and poolings map each name to code (``mtl.models.trunks.TRUNKS``, ``mtl.models.builder.POOLINGS``),

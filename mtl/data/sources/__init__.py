@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from mtl.errors import DataError
 
-if TYPE_CHECKING:  # the table is read by mtl.config, which must not wait for pandas
+if TYPE_CHECKING:  # mtl.config reads FORMATS to check data.format: no pandas for that
     from mtl.data.sources.base import SourceData
 
 FORMATS = {
