@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from mtl import engine
-    from mtl.config import DISTRIBUTE
+    from mtl.choices import DISTRIBUTE
 
     tasks = [t for t in market_specs() if t.kind != "identity"]
     n = args.batch_size
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     if "multiworker" in DISTRIBUTE:
         notes.append("train.distribute=multiworker exists but is not measured here yet (two worker processes)")
     else:
-        notes.append("multi-worker: train.distribute=multiworker is not in the package yet (mtl.config.DISTRIBUTE = "
+        notes.append("multi-worker: train.distribute=multiworker is not in the package yet (mtl.choices.DISTRIBUTE = "
                      f"{', '.join(DISTRIBUTE)}): not measured")
     record = result(NAME, TITLE, details={"global_batch": n, "steps": args.steps, "replicas": 2,
                                           "tasks": [t.name for t in tasks]}, notes=notes)

@@ -51,13 +51,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from mtl.choices import CLASS_WEIGHTING, LOSS_BALANCING
 from mtl.errors import ConfigError
 from mtl.losses import BalancedLoss, UncertaintyWeights, _MaskedLoss
 from mtl.reid.heads import EMBEDDING
 from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
 
-LOSS_BALANCING = ("fixed", "uncertainty", "dwa")  # mtl.config.LOSS_BALANCING mirrors it
-CLASS_WEIGHTING = ("none", "inverse", "positive", "confusion")  # mtl.config.CLASS_WEIGHTING mirrors it
 UNCERTAINTY_LAYER = "loss_uncertainty"  # the UncertaintyWeights layer's name in a model
 
 # confusion weighting: target w_c = (1 - recall_c + EPS) ** GAMMA, normalised to mean 1 over the

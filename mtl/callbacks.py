@@ -18,7 +18,6 @@ import numpy as np
 from mtl.io import atomic_path, atomic_write_json
 from mtl.reid.heads import EMBEDDING
 
-KEEP = ("best", "last")  # which epoch's weights a run ends with
 
 class MaskedLossLogger(keras.callbacks.Callback):
     """Adds ``masked_loss`` / ``val_masked_loss``: the loss-weighted sum of each task's masked

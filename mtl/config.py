@@ -7,14 +7,17 @@ Every resolved config is validated (:func:`validate`: types, choices, ranges, ta
 before any work starts, so a bad value is one line naming the key, the value and what is valid,
 not a traceback halfway through a run.
 
-No TensorFlow here: light commands import this module. The valid trunk and format names are
-therefore plain tuples (``TRUNK_NAMES``, ``FORMAT_NAMES``); tests hold them equal to the tables
-they mirror (``mtl.models.trunks.TRUNKS``, ``mtl.data.sources.FORMATS``).
+Each key is declared once, by its dataclass field: default, meaning and rule together
+(:func:`_key`). A choice key names the table of its valid values by reference
+(``"mtl.choices:OPTIMIZERS"``, ``"mtl.data.sources:FORMATS"``), imported the first time a value
+is checked or listed: no TensorFlow here, light commands import this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import math
 import re
 import typing
@@ -26,62 +29,197 @@ import yaml
 
 from mtl.errors import ConfigError
 
-# Valid values of the choice keys. Mirrors of tables that live in TensorFlow-importing modules;
-# tests/test_config_validation.py fails if one drifts from its table.
-FORMAT_NAMES = ("market1501_course", "market1501", "fashion", "imaterialist")  # mtl.data.sources.FORMATS
-TRUNK_NAMES = ("resnet_small", "resnet18ish", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
-               "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2")  # mtl.models.trunks.TRUNKS
-HEADS = ("private", "public")  # mtl.models.heads.HEAD_TYPES
-POOLINGS = ("avg", "gem", "max")  # mtl.models.builder.POOLINGS
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
-KEEP = ("best", "last")
-DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")  # mtl.distribute.DISTRIBUTE
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies (mtl.engine.precision_policy)
-SAMPLERS = ("auto", "pk", "random")
-LOSS_BALANCING = ("fixed", "uncertainty", "dwa")  # mtl.balancing.LOSS_BALANCING
-CLASS_WEIGHTING = ("none", "inverse", "positive", "confusion")  # mtl.balancing.CLASS_WEIGHTING
-METRIC_LOSSES = ("triplet", "contrastive", "centroid_triplet")  # mtl.reid.losses.METRIC_LOSSES
-TUNERS = ("random", "bayesian", "hyperband")
 MIN_IMAGE_SIDE = 8  # smaller images leave the trunks nothing to convolve
 
 
-def _key(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its meaning: ``--show-config`` lists it (:func:`describe_keys`).
+# ---------------------------------------------------------------------------------------------
+# Validation rules (each key's rule is declared with its field below)
+# ---------------------------------------------------------------------------------------------
+
+# A rule takes a key's value (already of the declared type) and returns what is wrong with it,
+# or None; validate() prefixes the key and the value.
+Rule = Callable[[Any], "str | None"]
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@functools.cache
+def _table_names(reference: str) -> tuple[str, ...]:
+    """The names of the table ``"module:attribute"`` (a mapping's keys), importing its module."""
+    module, _, attribute = reference.partition(":")
+    return tuple(getattr(importlib.import_module(module), attribute))
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The rule of a choice key: the value is one of the names of a table.
+
+    Attributes:
+        table: the names, or a ``"module:attribute"`` reference to the table that owns them (its
+            keys, for a mapping), read on first use so that this module imports none of them.
+        first: values valid besides the table's, listed before them (``data.format``'s ``auto``).
+    """
+
+    table: str | tuple[str, ...]
+    first: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        """The table's names (``first`` excluded)."""
+        return _table_names(self.table) if isinstance(self.table, str) else tuple(self.table)
+
+    def values(self) -> tuple[str, ...]:
+        """Every valid value: ``first``, then the table's names."""
+        return self.first + self.names()
+
+    def __call__(self, v) -> str | None:
+        if v in self.first:  # the default of data.format: its table need not be imported
+            return None
+        return None if v in self.values() else f"valid values: {', '.join(map(str, self.values()))}"
+
+
+def _at_least(low: float, optional: bool = False) -> Rule:
+    none = "None or " if optional else ""
+    return lambda v: None if (v is None and optional) or (v is not None and v >= low) \
+        else f"must be {none}at least {_fmt(low)}"
+
+
+def _above(low: float, optional: bool = False) -> Rule:
+    none = "None or " if optional else ""
+    return lambda v: None if (v is None and optional) or (v is not None and v > low) \
+        else f"must be {none}greater than {_fmt(low)}"
+
+
+def _interval(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    """Inside ``[low, high]``, an end excluded where it is open (written as in mathematics)."""
+    text = f"{'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+
+    def check(v):
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return None if above and below else f"must be in {text}"
+
+    return check
+
+
+def _each(rule: Rule, nonempty: bool = False) -> Rule:
+    """Every element of a tuple satisfies ``rule``."""
+
+    def check(v):
+        if nonempty and not v:
+            return "needs at least one value"
+        for x in v:
+            problem = rule(x)
+            if problem:
+                return f"every value {problem}"
+        return None
+
+    return check
+
+
+def _weights(v: Mapping[str, float]) -> str | None:
+    """``{task: weight}``: task names as in ``tasks``, weights >= 0 (0 drops a task's loss)."""
+    for name, w in v.items():
+        if not name.isidentifier():
+            return f"{name!r} is not a task name"
+        if not w >= 0:
+            return f"the weight of {name} must be at least 0"
+    return None
+
+
+def _text(optional: bool = False) -> Rule:
+    return lambda v: None if (v is None and optional) or (v is not None and v.strip()) \
+        else "must not be empty"
+
+
+def task_names(text: str) -> list[str]:
+    """The names of a comma-separated task list (``"age, color"`` -> ``["age", "color"]``).
+
+    Args:
+        text: the list, as ``tasks`` or ``data.stratify`` hold it.
+
+    Returns:
+        The names, stripped, empty entries dropped.
+    """
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _names(optional: bool = False) -> Rule:
+    """A comma list of task names (syntax only: the dataset's task table is checked when it is read)."""
+
+    def check(v):
+        if v is None and optional:
+            return None
+        names = task_names(v)
+        if not names:
+            return "give at least one task name (comma-separated), an alias such as color, or all"
+        bad = [n for n in names if not n.isidentifier()]
+        if bad:
+            return f"{bad[0]!r} is not a task name (task names are letters, digits and _)"
+        return None
+
+    return check
+
+
+def _stage(v: str) -> str | None:
+    """A ``model.attention`` entry's syntax (``mtl.models.trunks.attention_stages`` checks it
+    against the trunk's stages when the model is built)."""
+    return None if re.fullmatch(r"(stage)?[1-9][0-9]*|last", v.strip().lower()) \
+        else "must be a stage name (stage1, stage2, ..), a stage number or last"
+
+
+NAMES = "{names}"  # in a choice key's help: its table's names, as --show-config lists them
+
+
+def _key(default: Any = dataclasses.MISSING, help: str = "", *, rule: Rule | None = None,
+         factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its meaning and its rule: ``--show-config`` lists it
+    (:func:`describe_keys`), :func:`validate` checks it.
 
     Args:
         default: the default value.
-        help: what the key means (one line); every key has one (a test checks it).
+        help: what the key means (one line); every key has one (a test checks it). In a choice
+            key's help, ``{names}`` stands for the names of its table (``_Choice.names``).
+        rule: what a valid value is, beyond its declared type; None: the type is the whole rule
+            (booleans).
         factory: instead of ``default``, a function making it (mutable defaults: ``dict``).
 
     Returns:
-        A ``dataclasses.field`` whose ``metadata["help"]`` is ``help``.
+        A ``dataclasses.field`` whose ``metadata`` holds ``help`` and ``rule``.
     """
-    return field(default=default, default_factory=factory, metadata={"help": help})
+    return field(default=default, default_factory=factory, metadata={"help": help, "rule": rule})
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from, their size and the train/validation split."""
 
-    path: str | None = _key(None, "data folder; null: the embedded synthetic pedestrians")
-    format: str = _key("auto", f"on-disk format: auto (detected) or {', '.join(FORMAT_NAMES)}")
-    image_height: int = _key(128, "images are resized to this height (pixels)")
-    image_width: int = _key(64, "images are resized to this width (pixels)")
-    val_fraction: float = _key(0.2, "share of the identities held out for validation")
-    split_seed: int = _key(0, "seed of the train/validation split and of the max_images subset")
-    rare_threshold: float = _key(0.01, "product data: classes rarer than this share are grouped as 'other'")
+    path: str | None = _key(None, "data folder; null: the embedded synthetic pedestrians", rule=_text(optional=True))
+    format: str = _key("auto", "on-disk format: auto (detected) or " + NAMES,
+                       rule=_Choice("mtl.data.sources:FORMATS", first=("auto",)))
+    image_height: int = _key(128, "images are resized to this height (pixels)", rule=_at_least(MIN_IMAGE_SIDE))
+    image_width: int = _key(64, "images are resized to this width (pixels)", rule=_at_least(MIN_IMAGE_SIDE))
+    val_fraction: float = _key(0.2, "share of the identities held out for validation",
+                               rule=_interval(0, 1, low_open=True, high_open=True))
+    split_seed: int = _key(0, "seed of the train/validation split and of the max_images subset",
+                           rule=_at_least(0))  # numpy's generators take no negative seed
+    rare_threshold: float = _key(0.01, "product data: classes rarer than this share are grouped as 'other'",
+                                 rule=_interval(0, 1, high_open=True))
     cache: bool = _key(True, "cache decoded images in memory (small datasets)")
-    max_images: int = _key(0, "0: all; otherwise a deterministic subset of whole identities (quick runs)")
+    max_images: int = _key(0, "0: all; otherwise a deterministic subset of whole identities (quick runs)",
+                           rule=_at_least(0))
     val_identities: int = _key(0, "> 0: hold out exactly this many identities for validation (overrides "
-                                  "val_fraction)")
+                                  "val_fraction)", rule=_at_least(0))
     # a task-set study fixes it so that every task set is trained and validated on the same images
-    stratify: str | None = _key(None, "tasks the train/validation split is stratified on; null: the trained tasks")
+    stratify: str | None = _key(None, "tasks the train/validation split is stratified on; null: the trained tasks",
+                                rule=_names(optional=True))
     junk_fraction: float = _key(0.0, "share of each training batch replaced by random zoomed-in crops (10-30% of "
                                      "the image) labelled junk in an auxiliary junk output; retrieval then drops "
-                                     "gallery images predicted junk; 0: off")
+                                     "gallery images predicted junk; 0: off",
+                                rule=_interval(0, 1, high_open=True))
     person_mask: str | None = _key(None, "folder of person masks written by mtl-masks (the data's layout, .png): a "
-                                         "4th input channel; null: RGB only")
+                                         "4th input channel; null: RGB only", rule=_text(optional=True))
 
 
 @dataclass(frozen=True)
@@ -89,116 +227,137 @@ class AugmentConfig:
     """Random changes to the training images (validation images are never changed)."""
 
     flip: bool = _key(True, "mirror images left-right at random")
-    pad_crop: int = _key(8, "pixels of padding before a random crop back to size; 0 disables")
-    color_jitter: float = _key(0.2, "max relative brightness/contrast/saturation change; 0 disables")
-    random_erasing: float = _key(0.5, "probability of blanking a random rectangle; 0 disables")
+    pad_crop: int = _key(8, "pixels of padding before a random crop back to size; 0 disables", rule=_at_least(0))
+    color_jitter: float = _key(0.2, "max relative brightness/contrast/saturation change; 0 disables",
+                               rule=_interval(0, 1))
+    random_erasing: float = _key(0.5, "probability of blanking a random rectangle; 0 disables", rule=_interval(0, 1))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: a shared trunk and one head per task."""
 
-    trunk: str = _key("resnet_small", f"shared trunk: {', '.join(TRUNK_NAMES)}")
-    weights: str | None = _key(None, "trunk weights: null (random), imagenet or a local weights file")
-    width: float = _key(1.0, "width multiplier of the small residual trunks (resnet_small, resnet18ish)")
-    head: str = _key("private", "private: hidden layers per task; public: hidden layers shared by the tasks")
-    public_units: tuple[int, ...] = _key((384, 384), "public heads: widths of the shared hidden layers")
+    trunk: str = _key("resnet_small", "shared trunk: " + NAMES, rule=_Choice("mtl.choices:TRUNK_NAMES"))
+    weights: str | None = _key(None, "trunk weights: null (random), imagenet or a local weights file",
+                               rule=_text(optional=True))  # the file is looked for when the trunk is built
+    width: float = _key(1.0, "width multiplier of the small residual trunks (resnet_small, resnet18ish)",
+                        rule=_above(0))
+    head: str = _key("private", "private: hidden layers per task; public: hidden layers shared by the tasks",
+                     rule=_Choice("mtl.choices:HEAD_TYPES"))
+    public_units: tuple[int, ...] = _key((384, 384), "public heads: widths of the shared hidden layers",
+                                         rule=_each(_at_least(1)))
     private_multipliers: tuple[int, ...] = _key((16, 8), "private heads: hidden widths = m x the task's "
-                                                         "number of classes")
-    task_units: int = _key(128, "public heads: width of each task's dense layer before its output")
-    dropout: float = _key(0.3, "dropout rate in the heads")
-    embedding_dim: int = _key(256, "identity task: size of the re-identification embedding (0: pooled features)")
+                                                         "number of classes", rule=_each(_at_least(1)))
+    task_units: int = _key(128, "public heads: width of each task's dense layer before its output", rule=_at_least(1))
+    dropout: float = _key(0.3, "dropout rate in the heads", rule=_interval(0, 1, high_open=True))
+    embedding_dim: int = _key(256, "identity task: size of the re-identification embedding (0: pooled features)",
+                              rule=_at_least(0))  # 0: the BN neck sits on the pooled features (BoT)
     attention: tuple[str, ...] = _key((), "CBAM attention blocks after these trunk stages: stage1.. (or their "
                                           "numbers; resnet_small, resnet18ish, efficientnet_lite0) and/or last "
-                                          "(after the trunk's output, any trunk); empty: none")
-    pooling: str = _key("avg", f"global pooling of the feature map: {', '.join(POOLINGS)} (gem: generalised "
-                               "mean, learned exponent)")
+                                          "(after the trunk's output, any trunk); empty: none", rule=_each(_stage))
+    pooling: str = _key("avg", "global pooling of the feature map: " + NAMES + " (gem: generalised "
+                               "mean, learned exponent)", rule=_Choice("mtl.choices:POOLINGS"))
     last_stride: int = _key(2, "1: the trunk's last downsampling stage keeps stride 1 (feature map twice as "
-                               "large; resnet_small, resnet18ish, efficientnet_lite0)")
+                               "large; resnet_small, resnet18ish, efficientnet_lite0)", rule=_Choice((1, 2)))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe: schedule, optimizer, losses, batches."""
 
-    epochs: int = _key(30, "maximum number of epochs (early stopping may end sooner)")
-    batch_size: int = _key(64, "images per batch")
-    optimizer: str = _key("adamw", "adam, adamw or sgd (Nesterov momentum 0.9)")
-    learning_rate: float = _key(1e-3, "peak learning rate (after the warm-up)")
-    weight_decay: float = _key(5e-4, "weight decay of adamw and sgd (adam has none)")
+    epochs: int = _key(30, "maximum number of epochs (early stopping may end sooner)", rule=_at_least(1))
+    batch_size: int = _key(64, "images per batch", rule=_at_least(1))
+    optimizer: str = _key("adamw", "adam, adamw or sgd (Nesterov momentum 0.9)", rule=_Choice("mtl.choices:OPTIMIZERS"))
+    learning_rate: float = _key(1e-3, "peak learning rate (after the warm-up)", rule=_above(0))
+    weight_decay: float = _key(5e-4, "weight decay of adamw and sgd (adam has none)", rule=_at_least(0))
     trunk_lr_multiplier: float = _key(1.0, "the trunk's learning rate = this x learning_rate (< 1 for a "
-                                           "pretrained trunk; 0 holds it still)")
-    freeze_trunk_epochs: int = _key(0, "pretrained trunks: train the heads only for this many epochs first")
-    warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up")
-    schedule: str = _key("cosine", "learning-rate schedule after the warm-up: cosine, step or constant")
-    step_epochs: int = _key(10, "step schedule: multiply the learning rate by step_factor every step_epochs")
+                                           "pretrained trunk; 0 holds it still)", rule=_at_least(0))
+    freeze_trunk_epochs: int = _key(0, "pretrained trunks: train the heads only for this many epochs first",
+                                    rule=_at_least(0))
+    warmup_epochs: int = _key(1, "epochs of linear learning-rate warm-up", rule=_at_least(0))
+    schedule: str = _key("cosine", "learning-rate schedule after the warm-up: cosine, step or constant",
+                         rule=_Choice("mtl.choices:SCHEDULES"))
+    step_epochs: int = _key(10, "step schedule: multiply the learning rate by step_factor every step_epochs",
+                            rule=_at_least(1))
     step_factor: float = _key(0.1, "step schedule: the factor of each step (0.1: divide by 10; 0.5: "
-                                   "halve)")
+                                   "halve)", rule=_interval(0, 1, low_open=True))
     sgd_from_epoch: int = _key(0, "switch to SGD (Nesterov momentum 0.9) after this many epochs of "
                                   "train.optimizer, the schedule carrying on (e.g. AdamW, then SGD); "
-                                  "0: no switch")
+                                  "0: no switch",
+                               rule=_at_least(0))  # and below epochs, after freeze_trunk_epochs: validate()
     sgd_learning_rate: float | None = _key(None, "peak learning rate of SGD after train.sgd_from_epoch; "
-                                                 "null: 10 x learning_rate (SGD needs a larger rate than Adam)")
+                                                 "null: 10 x learning_rate (SGD needs a larger rate than Adam)",
+                                           rule=_above(0, optional=True))
     patience: int | None = _key(None, "early stopping: epochs without a better validation loss; "
-                                      "null: max(6, 1 + sqrt(epochs))")
+                                      "null: max(6, 1 + sqrt(epochs))", rule=_at_least(0, optional=True))
     keep: str = _key("best", "best: early stopping, keep the lowest-validation-loss epoch; last: the full "
-                             "schedule, keep the last epoch")
+                             "schedule, keep the last epoch", rule=_Choice("mtl.choices:KEEP"))
     loss_weights: dict[str, float] = _key(factory=dict, help="task -> weight of its loss (default 1), "
-                                                             "e.g. age:2,gender:0.5")
+                                                             "e.g. age:2,gender:0.5", rule=_weights)
     class_weighting: str = _key("none", "class weights within each attribute's loss: none, inverse (inverse "
                                         "frequency, capped), positive (binary: w_pos=exp(1-p), w_neg=exp(p), p the "
                                         "positive ratio, as DeepMAR; categorical: inverse) or confusion "
-                                        "(updated each epoch: the lowest training recall weighs more)")
+                                        "(updated each epoch: the lowest training recall weighs more)",
+                                rule=_Choice("mtl.choices:CLASS_WEIGHTING"))
     loss_balancing: str = _key("fixed", "weights of the task losses: fixed (train.loss_weights), uncertainty "
                                         "(learnt, Kendall et al. 2018) or dwa (dynamic weight averaging, Liu et "
-                                        "al. 2019); see mtl.balancing")
-    dwa_temperature: float = _key(2.0, "loss_balancing=dwa: softmax temperature (larger: closer to equal weights)")
-    label_smoothing: float = _key(0.0, "label smoothing of the attribute tasks' cross-entropy")
-    seed: int = _key(0, "seed of the weights, augmentation and batch order")
+                                        "al. 2019); see mtl.balancing", rule=_Choice("mtl.choices:LOSS_BALANCING"))
+    dwa_temperature: float = _key(2.0, "loss_balancing=dwa: softmax temperature (larger: closer to equal weights)",
+                                  rule=_above(0))
+    label_smoothing: float = _key(0.0, "label smoothing of the attribute tasks' cross-entropy",
+                                  rule=_interval(0, 1, high_open=True))
+    seed: int = _key(0, "seed of the weights, augmentation and batch order", rule=_at_least(0))
     # tf.config.experimental.enable_op_determinism
     deterministic: bool = _key(False, "deterministic ops: the same command and seed on the same machine give "
                                       "the same results, somewhat more slowly")
     mixed_precision: str = _key("none", "Keras dtype policy: none (float32), mixed_float16 (GPUs with tensor "
                                         "cores, loss scaling added) or mixed_bfloat16 (TPUs, recent GPUs); "
-                                        "losses stay float32")
+                                        "losses stay float32", rule=_Choice("mtl.choices:PRECISION_POLICIES"))
     jit_compile: bool = _key(False, "compile with XLA (GPU; 4-14x slower on CPU: keep off there)")
     steps_per_execution: int = _key(1, "training steps per call of the compiled function (fewer host round "
-                                       "trips on a GPU; callbacks see every Nth batch)")
+                                       "trips on a GPU; callbacks see every Nth batch)", rule=_at_least(1))
     distribute: str = _key("auto", "none (one device), mirrored (one model copy per local GPU), multiworker "
                                    "(several machines: TF_CONFIG on each, see the README) or auto (mirrored "
-                                   "with more than one GPU, else none)")
-    steps_per_epoch: int = _key(0, "optimizer steps per epoch; 0: one pass over the training data")
+                                   "with more than one GPU, else none)", rule=_Choice("mtl.choices:DISTRIBUTE"))
+    steps_per_epoch: int = _key(0, "optimizer steps per epoch; 0: one pass over the training data", rule=_at_least(0))
     tensorboard: bool = _key(True, "write TensorBoard logs into the run's tensorboard/ folder "
                                    "(view: tensorboard --logdir runs)")
     # identity task (re-identification), see mtl.reid
     sampler: str = _key("auto", "batches: pk (P identities x K images), random, or auto (pk with the "
-                                "identity task)")
-    p_identities: int = _key(0, "P of P x K batches; 0: batch_size // k_images")
-    k_images: int = _key(4, "K of P x K batches: images per identity")
+                                "identity task)", rule=_Choice("mtl.choices:SAMPLERS"))
+    p_identities: int = _key(0, "P of P x K batches; 0: batch_size // k_images", rule=_at_least(0))
+    k_images: int = _key(4, "K of P x K batches: images per identity",
+                         rule=_at_least(2))  # batch-hard triplets need two images of a person
     triplet_margin: float | None = _key(0.3, "identity task: margin of the triplet and centroid_triplet losses "
-                                             "(Euclidean, on the embedding as it is); null: soft margin")
-    id_label_smoothing: float = _key(0.1, "identity task: label smoothing of its cross-entropy")
-    center_loss: float = _key(0.0, "identity task: weight of the centre loss (BoT: 5e-4); 0: off")
+                                             "(Euclidean, on the embedding as it is); null: soft margin",
+                                        rule=_above(0, optional=True))
+    id_label_smoothing: float = _key(0.1, "identity task: label smoothing of its cross-entropy",
+                                     rule=_interval(0, 1, high_open=True))
+    center_loss: float = _key(0.0, "identity task: weight of the centre loss (BoT: 5e-4); 0: off", rule=_at_least(0))
     metric_loss: str = _key("triplet", "identity task: the embedding's metric loss: triplet (Hermans 2017), "
                                        "contrastive (pairs, Hadsell 2006) or centroid_triplet (each "
                                        "image vs the leave-one-out centroid of its identity and the other "
-                                       "identities' centroids, Wieczorek 2021)")
+                                       "identities' centroids, Wieczorek 2021)",
+                            rule=_Choice("mtl.choices:METRIC_LOSSES"))
     hard_mining: bool = _key(True, "identity task's metric loss: true: each anchor's hardest negative in the "
                                    "batch (triplet: batch-hard, its hardest positive too); false: every "
                                    "negative (triplet: batch-all)")
     contrastive_margin: float = _key(1.0, "metric_loss=contrastive: margin on L2-normalised embeddings "
-                                          "(distances in [0, 2]; 1.0: negatives pushed below cosine 0.5)")
+                                          "(distances in [0, 2]; 1.0: negatives pushed below cosine 0.5)",
+                                     rule=_interval(0, 2, low_open=True))  # unit vectors are at most 2 apart
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """Hyperparameter search (``scripts/tune.py``, ``mtl.tuning``); training ignores this section."""
 
-    tuner: str = _key("bayesian", "search strategy: random, bayesian or hyperband")
-    max_trials: int = _key(10, "number of trials")
+    tuner: str = _key("bayesian", "search strategy: random, bayesian or hyperband", rule=_Choice("mtl.choices:TUNERS"))
+    max_trials: int = _key(10, "number of trials", rule=_at_least(1))
     objective: str = _key("masked_loss", "what the search optimises: masked_loss, a task metric (age.accuracy), "
-                                         "several (mean), mA or reid_mAP")
-    patience: int | None = _key(None, "early stopping inside each trial; null: the training rule")
+                                         "several (mean), mA or reid_mAP",
+                          rule=_text())  # resolved against the tasks' metrics by mtl.tuning
+    patience: int | None = _key(None, "early stopping inside each trial; null: the training rule",
+                                rule=_at_least(0, optional=True))
     space: dict[str, Any] = _key(factory=dict, help="narrows or fixes the search space: config key -> value, "
                                                      "list or {min, max}, e.g. model.dropout: [0.1, 0.3]")
 
@@ -207,7 +366,8 @@ class TuneConfig:
 class Config:
     """A whole run: its tasks and one section per part."""
 
-    tasks: str = _key("all", "comma-separated task names, aliases (color) or all; --tasks help lists them")
+    tasks: str = _key("all", "comma-separated task names, aliases (color) or all; --tasks help lists them",
+                      rule=_names())
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -390,187 +550,6 @@ def build_config(*layers: Mapping[str, Any] | None) -> Config:
     return validate(cfg)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation
-# ---------------------------------------------------------------------------------------------
-
-# A rule takes a key's value (already of the declared type) and returns what is wrong with it,
-# or None; validate() prefixes the key and the value.
-Rule = Callable[[Any], "str | None"]
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _choice(values: tuple[str, ...]) -> Rule:
-    return lambda v: None if v in values else f"valid values: {', '.join(values)}"
-
-
-def _at_least(low: float, optional: bool = False) -> Rule:
-    none = "None or " if optional else ""
-    return lambda v: None if (v is None and optional) or (v is not None and v >= low) \
-        else f"must be {none}at least {_fmt(low)}"
-
-
-def _above(low: float, optional: bool = False) -> Rule:
-    none = "None or " if optional else ""
-    return lambda v: None if (v is None and optional) or (v is not None and v > low) \
-        else f"must be {none}greater than {_fmt(low)}"
-
-
-def _interval(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
-    """Inside ``[low, high]``, an end excluded where it is open (written as in mathematics)."""
-    text = f"{'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
-
-    def check(v):
-        above = v > low if low_open else v >= low
-        below = v < high if high_open else v <= high
-        return None if above and below else f"must be in {text}"
-
-    return check
-
-
-def _each(rule: Rule, nonempty: bool = False) -> Rule:
-    """Every element of a tuple satisfies ``rule``."""
-
-    def check(v):
-        if nonempty and not v:
-            return "needs at least one value"
-        for x in v:
-            problem = rule(x)
-            if problem:
-                return f"every value {problem}"
-        return None
-
-    return check
-
-
-def _weights(v: Mapping[str, float]) -> str | None:
-    """``{task: weight}``: task names as in ``tasks``, weights >= 0 (0 drops a task's loss)."""
-    for name, w in v.items():
-        if not name.isidentifier():
-            return f"{name!r} is not a task name"
-        if not w >= 0:
-            return f"the weight of {name} must be at least 0"
-    return None
-
-
-def _text(optional: bool = False) -> Rule:
-    return lambda v: None if (v is None and optional) or (v is not None and v.strip()) \
-        else "must not be empty"
-
-
-def task_names(text: str) -> list[str]:
-    """The names of a comma-separated task list (``"age, color"`` -> ``["age", "color"]``).
-
-    Args:
-        text: the list, as ``tasks`` or ``data.stratify`` hold it.
-
-    Returns:
-        The names, stripped, empty entries dropped.
-    """
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def _names(optional: bool = False) -> Rule:
-    """A comma list of task names (syntax only: the dataset's task table is checked when it is read)."""
-
-    def check(v):
-        if v is None and optional:
-            return None
-        names = task_names(v)
-        if not names:
-            return "give at least one task name (comma-separated), an alias such as color, or all"
-        bad = [n for n in names if not n.isidentifier()]
-        if bad:
-            return f"{bad[0]!r} is not a task name (task names are letters, digits and _)"
-        return None
-
-    return check
-
-
-def _anything(v) -> None:
-    return None
-
-
-# Every key of Config and its rule; a test holds this table to the dataclasses' fields.
-RULES: dict[str, Rule] = {
-    "tasks": _names(),
-    "data.path": _text(optional=True),
-    "data.format": _choice(("auto",) + FORMAT_NAMES),
-    "data.image_height": _at_least(MIN_IMAGE_SIDE),
-    "data.image_width": _at_least(MIN_IMAGE_SIDE),
-    "data.val_fraction": _interval(0, 1, low_open=True, high_open=True),
-    "data.split_seed": _at_least(0),  # numpy's generators take no negative seed
-    "data.rare_threshold": _interval(0, 1, high_open=True),
-    "data.cache": _anything,
-    "data.max_images": _at_least(0),
-    "data.val_identities": _at_least(0),
-    "data.stratify": _names(optional=True),
-    "data.junk_fraction": _interval(0, 1, high_open=True),
-    "data.person_mask": _text(optional=True),
-    "augment.flip": _anything,
-    "augment.pad_crop": _at_least(0),
-    "augment.color_jitter": _interval(0, 1),
-    "augment.random_erasing": _interval(0, 1),
-    "model.trunk": _choice(TRUNK_NAMES),
-    "model.weights": _text(optional=True),  # the file is looked for when the trunk is built
-    "model.width": _above(0),
-    "model.head": _choice(HEADS),
-    "model.public_units": _each(_at_least(1)),
-    "model.private_multipliers": _each(_at_least(1)),
-    "model.task_units": _at_least(1),
-    "model.dropout": _interval(0, 1, high_open=True),
-    "model.embedding_dim": _at_least(0),  # 0: the BN neck sits on the pooled features (BoT)
-    # the syntax here; mtl.models.trunks.attention_stages checks the names against the trunk's stages
-    "model.attention": _each(lambda v: None if re.fullmatch(r"(stage)?[1-9][0-9]*|last", v.strip().lower())
-                             else "must be a stage name (stage1, stage2, ..), a stage number or last"),
-    "model.pooling": _choice(POOLINGS),
-    "model.last_stride": lambda v: None if v in (1, 2) else "valid values: 1, 2",
-    "train.epochs": _at_least(1),
-    "train.batch_size": _at_least(1),
-    "train.optimizer": _choice(OPTIMIZERS),
-    "train.learning_rate": _above(0),
-    "train.weight_decay": _at_least(0),
-    "train.trunk_lr_multiplier": _at_least(0),  # 0 holds the trunk's weights still
-    "train.freeze_trunk_epochs": _at_least(0),
-    "train.warmup_epochs": _at_least(0),
-    "train.schedule": _choice(SCHEDULES),
-    "train.step_epochs": _at_least(1),
-    "train.step_factor": _interval(0, 1, low_open=True),
-    "train.sgd_from_epoch": _at_least(0),  # and below epochs, after freeze_trunk_epochs: validate()
-    "train.sgd_learning_rate": _above(0, optional=True),
-    "train.patience": _at_least(0, optional=True),
-    "train.keep": _choice(KEEP),
-    "train.loss_weights": _weights,
-    "train.class_weighting": _choice(CLASS_WEIGHTING),
-    "train.loss_balancing": _choice(LOSS_BALANCING),
-    "train.dwa_temperature": _above(0),
-    "train.label_smoothing": _interval(0, 1, high_open=True),
-    "train.seed": _at_least(0),
-    "train.deterministic": _anything,
-    "train.mixed_precision": _choice(MIXED_PRECISION),
-    "train.jit_compile": _anything,
-    "train.steps_per_execution": _at_least(1),
-    "train.distribute": _choice(DISTRIBUTE),
-    "train.steps_per_epoch": _at_least(0),
-    "train.tensorboard": _anything,
-    "train.sampler": _choice(SAMPLERS),
-    "train.p_identities": _at_least(0),
-    "train.k_images": _at_least(2),  # batch-hard triplets need two images of a person
-    "train.triplet_margin": _above(0, optional=True),
-    "train.id_label_smoothing": _interval(0, 1, high_open=True),
-    "train.center_loss": _at_least(0),
-    "train.metric_loss": _choice(METRIC_LOSSES),
-    "train.hard_mining": _anything,
-    "train.contrastive_margin": _interval(0, 2, low_open=True),  # unit vectors are at most 2 apart
-    "tune.tuner": _choice(TUNERS),
-    "tune.max_trials": _at_least(1),
-    "tune.objective": _text(),  # resolved against the tasks' metrics by mtl.tuning
-    "tune.patience": _at_least(0, optional=True),
-    "tune.space": _anything,  # its keys and values are checked by mtl.tuning (they name search parameters)
-}
 
 
 def config_keys(cfg_type: type = Config, prefix: str = "") -> dict[str, Any]:
@@ -583,23 +562,50 @@ def config_keys(cfg_type: type = Config, prefix: str = "") -> dict[str, Any]:
     Returns:
         ``{"tasks": str, "data.path": str | None, ...}`` in declaration order.
     """
+    return {key: annotation for key, (annotation, _) in _leaves(cfg_type, prefix).items()}
+
+
+@functools.cache
+def _leaves(cfg_type: type = Config, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """``config_keys`` with each key's field (read once: ``validate`` runs for every trial of a search)."""
     hints = typing.get_type_hints(cfg_type)
-    keys: dict[str, Any] = {}
+    leaves: dict[str, tuple[Any, dataclasses.Field]] = {}
     for f in dataclasses.fields(cfg_type):
         if dataclasses.is_dataclass(hints[f.name]):
-            keys.update(config_keys(hints[f.name], f"{prefix}{f.name}."))
+            leaves.update(_leaves(hints[f.name], f"{prefix}{f.name}."))
         else:
-            keys[f"{prefix}{f.name}"] = hints[f.name]
-    return keys
+            leaves[f"{prefix}{f.name}"] = (hints[f.name], f)
+    return leaves
 
 
 def _field(key: str) -> dataclasses.Field:
     """The dataclass field of a dotted key (``train.epochs``)."""
-    cls: Any = Config
-    *sections, name = key.split(".")
-    for section in sections:
-        cls = typing.get_type_hints(cls)[section]
-    return next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _leaves()[key][1]
+
+
+def _help(f: dataclasses.Field) -> str:
+    """A field's meaning, a choice key's ``{names}`` replaced by its table's names."""
+    rule = f.metadata.get("rule")
+    text = f.metadata.get("help", "")
+    return text.replace(NAMES, ", ".join(map(str, rule.names()))) if isinstance(rule, _Choice) else text
+
+
+def valid_values(key: str) -> tuple[str, ...]:
+    """The values a choice key takes, read from the table that owns them.
+
+    Args:
+        key: a dotted choice key (``model.trunk``, ``data.format``).
+
+    Returns:
+        Its valid values in the table's order (``data.format``: ``auto`` first).
+
+    Raises:
+        ValueError: ``key`` is not a choice key.
+    """
+    rule = _field(key).metadata["rule"] if key in _leaves() else None
+    if not isinstance(rule, _Choice):
+        raise ValueError(f"{key} is not a choice key")
+    return rule.values()
 
 
 def _type_name(annotation: Any) -> str:
@@ -646,7 +652,7 @@ def describe_keys(cfg: Config | None = None) -> list[KeyInfo]:
     """
     defaults, cfg = Config(), cfg or Config()
     return [KeyInfo(key, key.rpartition(".")[0], _type_name(annotation), _get(defaults, key), _get(cfg, key),
-                    _field(key).metadata.get("help", ""))
+                    _help(_field(key)))
             for key, annotation in config_keys().items()]
 
 
@@ -751,9 +757,10 @@ def validate(cfg: Config) -> Config:
         ConfigError: the first problem, on one line naming the key, the value and what is valid,
             e.g. ``train.epochs=-1: must be at least 1``.
     """
-    for key, annotation in config_keys().items():
+    for key, (annotation, f) in _leaves().items():
         value = _get(cfg, key)
-        problem = _type_problem(value, annotation) or RULES[key](value)
+        rule = f.metadata["rule"]
+        problem = _type_problem(value, annotation) or (rule(value) if rule else None)
         if problem:
             shown = list(value) if isinstance(value, tuple) else value  # as written in YAML or --set
             raise ConfigError(f"{key}={shown!r}: {problem}")

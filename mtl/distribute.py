@@ -31,9 +31,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from mtl.choices import DISTRIBUTE
 from mtl.errors import ConfigError
-
-DISTRIBUTE = ("none", "mirrored", "multiworker", "auto")
 
 
 @dataclass(frozen=True)

@@ -30,16 +30,13 @@ from typing import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from mtl.callbacks import (KEEP, AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLearningRate, EpochLine,
+from mtl.callbacks import (AtomicBackupAndRestore, AtomicBestCheckpoint, EpochLearningRate, EpochLine,
                            HistoryWriter, MaskedLossLogger, RunEarlyStopping, RunTensorBoard, fit_verbosity)
+from mtl.choices import KEEP, PRECISION_POLICIES
 from mtl.errors import ConfigError
 from mtl.optim import WarmupSchedule, make_optimizer, phase_optimizer
 from mtl.reid.heads import EMBEDDING
 from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
-
-from mtl.distribute import DISTRIBUTE  # noqa: F401  (the choices of train.distribute; mtl.config checks them)
-# train.mixed_precision: Keras dtype policies ("none": Keras's default float32); mtl.config.MIXED_PRECISION
-PRECISION_POLICIES = {"none": "float32", "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ folder: everything is checked and the data read before the first file is written
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 import shutil
@@ -71,22 +72,20 @@ def input_channels(cfg: Config) -> int:
 
 
 def train_args(cfg: Config, data: PreparedData | None = None):
-    """``mtl.engine.TrainArgs`` of the config; class weights need the prepared training split."""
+    """``mtl.engine.TrainArgs`` of the config; class weights need the prepared training split.
+
+    Each field of ``TrainArgs`` is the ``train`` key of the same name, except the three computed
+    here: ``patience`` (null in the config: the seeds' rule), ``loss_weights`` (a copy) and
+    ``class_weights`` (from the training split). A new ``TrainArgs`` field needs a ``train`` key of
+    its name or an entry here, else this fails on the first run.
+    """
     from mtl.engine import TrainArgs
 
     t = cfg.train
-    return TrainArgs(
-        epochs=t.epochs, optimizer=t.optimizer, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-        trunk_lr_multiplier=t.trunk_lr_multiplier, freeze_trunk_epochs=t.freeze_trunk_epochs,
-        warmup_epochs=t.warmup_epochs, schedule=t.schedule, step_epochs=t.step_epochs,
-        step_factor=t.step_factor, sgd_from_epoch=t.sgd_from_epoch, sgd_learning_rate=t.sgd_learning_rate,
-        patience=patience_for(t.epochs, t.patience), keep=t.keep, loss_weights=dict(t.loss_weights),
-        class_weights=class_weights_for(data, t.class_weighting) if data is not None else None,
-        class_weighting=t.class_weighting, loss_balancing=t.loss_balancing, dwa_temperature=t.dwa_temperature,
-        label_smoothing=t.label_smoothing, jit_compile=t.jit_compile, mixed_precision=t.mixed_precision,
-        steps_per_execution=t.steps_per_execution, triplet_margin=t.triplet_margin,
-        id_label_smoothing=t.id_label_smoothing, center_loss=t.center_loss, metric_loss=t.metric_loss,
-        hard_mining=t.hard_mining, contrastive_margin=t.contrastive_margin)
+    computed = {"patience": patience_for(t.epochs, t.patience), "loss_weights": dict(t.loss_weights),
+                "class_weights": class_weights_for(data, t.class_weighting) if data is not None else None}
+    return TrainArgs(**{f.name: computed[f.name] if f.name in computed else getattr(t, f.name)
+                        for f in dataclasses.fields(TrainArgs)})
 
 
 def prepare(cfg: Config) -> PreparedData:

@@ -48,14 +48,14 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from mtl.choices import EXPORT_FORMATS
 from mtl.errors import ConfigError, MtlError
 from mtl.rundir import EXPORT, EXPORT_FILES, MODEL_JSON, ModelInfo, RunDir
 from mtl.tasks import attribute_tasks
 
-SAVED_MODEL, LITERT, ONNX = "saved_model", "litert", "onnx"
+SAVED_MODEL, LITERT, ONNX = EXPORT_FORMATS
 # our format name -> Keras's ``Model.export(format=...)``
 KERAS_FORMATS = {SAVED_MODEL: "tf_saved_model", LITERT: "litert", ONNX: "onnx"}
-EXPORT_FORMATS = tuple(KERAS_FORMATS)
 # the package each format needs to convert, and to run (pip names; the ``export`` extra)
 CONVERTERS = {SAVED_MODEL: None, LITERT: None, ONNX: "tf2onnx"}
 RUNTIMES = {SAVED_MODEL: None, LITERT: "ai_edge_litert", ONNX: "onnxruntime"}

@@ -12,10 +12,8 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from mtl.choices import OPTIMIZERS, SCHEDULES
 from mtl.errors import ConfigError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
 
 
 @keras.saving.register_keras_serializable(package="mtl")

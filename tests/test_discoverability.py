@@ -17,7 +17,7 @@ from mtl import config as config_lib
 from mtl.cli import study as study_cli
 from mtl.cli import train as train_cli
 from mtl.cli import tune as tune_cli
-from mtl.config import HEADS, TRUNK_NAMES, Config, build_config, format_keys, format_value
+from mtl.config import Config, build_config, format_keys, format_value, valid_values
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"train": train_cli, "tune": tune_cli, "study": study_cli}
@@ -54,6 +54,7 @@ def test_every_key_has_help_text_in_its_field():
 def test_show_config_lists_every_field_with_its_type_default_and_meaning(capsys):
     assert train_cli.main(["--show-config"]) == 0
     rows = _rows(capsys.readouterr().out)
+    meanings = {k.key: k.help for k in config_lib.describe_keys()}  # a choice key's help names its table's values
     expected = set()
     for prefix, cls in _sections().items():
         defaults = cls()
@@ -66,7 +67,7 @@ def test_show_config_lists_every_field_with_its_type_default_and_meaning(capsys)
             type_, default, meaning = rows[key]
             assert default == format_value(getattr(defaults, f.name)), key
             assert type_ == config_lib._type_name(typing.get_type_hints(cls)[f.name]), key
-            assert meaning == f.metadata["help"], key
+            assert meaning == meanings[key], key
     assert set(rows) == expected  # nothing listed that is not a key
     assert set(expected) == set(config_lib.config_keys())
 
@@ -116,13 +117,13 @@ def test_help_lists_the_few_valid_values(command):
     normal = " ".join(text.split())
     for flag in ("--show-config", "--tasks", "--format"):
         assert flag in text
-    for name in config_lib.FORMAT_NAMES:
+    for name in valid_values("data.format"):
         assert name in normal
     if command in ("train", "study"):
-        for trunk in TRUNK_NAMES:
+        for trunk in valid_values("model.trunk"):
             assert trunk in normal
     if command == "train":
-        for head in HEADS:
+        for head in valid_values("model.head"):
             assert head in normal
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 from mtl.cli import COMMANDS
-from mtl.config import FORMAT_NAMES, HEADS, TRUNK_NAMES, TUNERS
+from mtl.config import valid_values
 
 
 def distribution_name() -> str:
@@ -73,12 +73,12 @@ def test_help_lists_the_valid_values_of_the_choice_flags(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps help text at any space
-    for name in (*TRUNK_NAMES, *FORMAT_NAMES, *HEADS):
+    for name in (*valid_values("model.trunk"), *valid_values("data.format"), *valid_values("model.head")):
         assert name in text, name
     with pytest.raises(SystemExit):
         tune.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert all(name in text for name in TUNERS)
+    assert all(name in text for name in valid_values("tune.tuner"))
 
 
 def test_help_imports_neither_tensorflow_nor_keras():

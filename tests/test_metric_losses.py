@@ -218,12 +218,11 @@ def test_embedding_loss_table_and_identity_losses_default():
 
 
 def test_config_keys_validate_and_reach_the_engine():
-    from mtl import config as C
-    from mtl.config import parse_overrides
+    from mtl.config import parse_overrides, valid_values
     from mtl.experiment import train_args
     from conftest import tiny_config
 
-    assert C.METRIC_LOSSES == METRIC_LOSSES
+    assert valid_values("train.metric_loss") == METRIC_LOSSES
     default = train_args(tiny_config()).identity_options()
     assert (default["metric_loss"], default["hard_mining"], default["contrastive_margin"]) == ("triplet", True, 1.0)
     cfg = tiny_config(None, parse_overrides(["train.metric_loss=contrastive", "train.hard_mining=false",

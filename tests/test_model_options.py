@@ -210,11 +210,11 @@ def test_what_a_trunk_lacks_is_a_one_line_config_error(kwargs, words):
 
 
 def test_the_config_keys_reach_the_builder_and_bad_values_are_refused():
-    from mtl.config import POOLINGS, build_config, parse_overrides
+    from mtl.config import build_config, parse_overrides, valid_values
     from mtl.experiment import model_kwargs
     from mtl.models import builder
 
-    assert POOLINGS == tuple(builder.POOLINGS)
+    assert valid_values("model.pooling") == tuple(builder.POOLINGS)
     defaults = model_kwargs(build_config())
     assert (defaults["attention"], defaults["pooling"], defaults["last_stride"]) == ((), "avg", 2)
     cfg = build_config(parse_overrides(["model.attention=stage2,last", "model.pooling=gem", "model.last_stride=1"]))

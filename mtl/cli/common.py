@@ -18,12 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mtl.config import FORMAT_NAMES, Config, build_config, format_keys, load_yaml, parse_overrides, task_names
+from mtl.config import Config, build_config, format_keys, load_yaml, parse_overrides, task_names, valid_values
 from mtl.errors import MtlError
-
-# ``--format``'s valid values, listed in every --help (validated by mtl.config, whose one-line
-# error names the key, the value and these values)
-FORMAT_CHOICES = ("auto",) + FORMAT_NAMES
 
 
 def one_of(names: Sequence[str]) -> str:
@@ -51,8 +47,9 @@ def new_parser(command: str, doc: str) -> argparse.ArgumentParser:
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """The data, task and config flags of every command that resolves a config (train, tune, study)."""
     p.add_argument("--data", help="data folder (default: the embedded synthetic pedestrians, generated on first use)")
-    p.add_argument("--format", metavar="FORMAT",
-                   help=f"data format: {one_of(FORMAT_CHOICES)} (default auto: detected from the folder's layout)")
+    # validated by mtl.config, whose one-line error names the key, the value and the valid values
+    p.add_argument("--format", metavar="FORMAT", help=f"data format: {one_of(valid_values('data.format'))} "
+                                                      "(default auto: detected from the folder's layout)")
     p.add_argument("--tasks", help="comma-separated tasks, an alias (color) or all (default: all attributes); "
                                    "--tasks help lists the data's tasks and exits")
     p.add_argument("--config", help="YAML config file (see configs/); flags and --set override it")

@@ -59,7 +59,8 @@ import argparse
 import time
 from pathlib import Path
 
-from mtl.cli.common import FORMAT_CHOICES, check_junk_threshold, new_parser, one_of, run_main
+from mtl.cli.common import check_junk_threshold, new_parser, one_of, run_main
+from mtl.config import valid_values
 from mtl.errors import ConfigError, DataError, MtlError, WriteError
 from mtl.tasks import KINDS
 
@@ -72,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory written by mtl-train")
     p.add_argument("--data", help="data folder to evaluate on (default: the folder the run was trained on)")
     p.add_argument("--format", default="auto", metavar="FORMAT",
-                   help=f"data format: {one_of(FORMAT_CHOICES)} (default auto: detected from the folder's layout)")
+                   help=f"data format: {one_of(valid_values('data.format'))} (default auto: detected from the "
+                        "folder's layout)")
     p.add_argument("--images", default="auto", choices=["auto", "val", "unseen", "all"],
                    help="which labelled images of a course-layout folder are evaluated (see above; default auto)")
     p.add_argument("--distance", default="cosine", choices=["cosine", "euclidean"],

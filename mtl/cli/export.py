@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 
+from mtl.choices import EXPORT_FORMATS
 from mtl.cli.common import new_parser, one_of, run_main
 from mtl.errors import ConfigError
-
-# mtl.export.EXPORT_FORMATS (not imported here: --help must not import TensorFlow)
-FORMATS = ("saved_model", "litert", "onnx")
 
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``mtl-export``."""
     p = new_parser("export", __doc__)
     p.add_argument("--run", required=True, help="run directory written by mtl-train")
-    p.add_argument("--format", required=True, metavar="FORMAT", help=f"export format: {one_of(FORMATS)}")
+    p.add_argument("--format", required=True, metavar="FORMAT", help=f"export format: {one_of(EXPORT_FORMATS)}")
     p.add_argument("--out", help="export folder (default: RUN/export/<format>)")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     p.add_argument("--check", type=int, default=8, metavar="N",
@@ -53,8 +51,8 @@ def main(argv=None) -> int:
         MtlError: bad input (run, format, existing export, missing converter); :func:`entry` prints it.
     """
     args = parser().parse_args(argv)
-    if args.format not in FORMATS:
-        raise ConfigError(f"--format: unknown export format {args.format!r}; valid: {', '.join(FORMATS)}")
+    if args.format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format: unknown export format {args.format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     if args.check < 0:
         raise ConfigError(f"--check must be >= 0, got {args.check}")
     from mtl.export import export_run

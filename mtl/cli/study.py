@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mtl.cli.common import (add_common_args, command_line, config_from_args, new_parser, one_of, require, run_main,
                             show_info)
-from mtl.config import TRUNK_NAMES
+from mtl.config import valid_values
 from mtl.errors import ConfigError
 
 
@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="also train the main task with every auxiliary task together")
     p.add_argument("--seeds", help="comma-separated training seeds (default: train.seed); several give a mean and spread")
     p.add_argument("--epochs", type=int, help="maximum epochs of each training (early stopping may end it sooner)")
-    p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(TRUNK_NAMES)} (default resnet_small)")
+    p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(valid_values('model.trunk'))} "
+                                                        "(default resnet_small)")
     p.add_argument("--weights", help="trunk weights: none, imagenet, or a local .weights.h5 file")
     p.add_argument("--out", help="output folder of the study (required)")
     p.add_argument("--overwrite", action="store_true",

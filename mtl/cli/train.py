@@ -22,16 +22,17 @@ from datetime import datetime
 from pathlib import Path
 
 from mtl.cli.common import add_common_args, command_line, config_from_args, new_parser, one_of, run_main, show_info
-from mtl.config import HEADS, TRUNK_NAMES
+from mtl.config import valid_values
 
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``mtl-train``."""
     p = new_parser("train", __doc__)
     add_common_args(p)
-    p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(TRUNK_NAMES)} (default resnet_small)")
+    p.add_argument("--trunk", metavar="NAME", help=f"trunk: {one_of(valid_values('model.trunk'))} "
+                                                        "(default resnet_small)")
     p.add_argument("--weights", help="trunk weights: none, imagenet, or a local .weights.h5 file")
-    p.add_argument("--head", choices=HEADS,
+    p.add_argument("--head", choices=valid_values("model.head"),
                    help="private (default): hidden layers per task; public: hidden layers shared by the tasks")
     p.add_argument("--epochs", type=int, help="maximum number of epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="images per batch")

@@ -32,15 +32,16 @@ from pathlib import Path
 
 from mtl.cli.common import (add_common_args, command_line, config_from_args, new_parser, one_of, require, run_main,
                             show_info)
-from mtl.config import TUNERS
+from mtl.config import valid_values
 
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``mtl-tune``."""
     p = new_parser("tune", __doc__)
     add_common_args(p)
-    p.add_argument("--tuner", choices=TUNERS,
-                   help=f"search strategy: {one_of(TUNERS)} (default: tune.tuner of the config, bayesian)")
+    tuners = valid_values("tune.tuner")
+    p.add_argument("--tuner", choices=tuners,
+                   help=f"search strategy: {one_of(tuners)} (default: tune.tuner of the config, bayesian)")
     p.add_argument("--max-trials", type=int,
                    help="total number of trials, those of a resumed search included (default: tune.max_trials, 10)")
     p.add_argument("--objective",

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mtl import tasks as task_lib
+from mtl.choices import SAMPLERS
 from mtl.data.masks import mask_paths
 from mtl.data.pipeline import drop_unreadable, make_dataset
 from mtl.data.sources import load_source
@@ -25,8 +26,6 @@ from mtl.data.synthetic import ensure_synthetic
 from mtl.errors import ConfigError, DataError
 from mtl.tasks import (AUXILIARY, CAMERA, IDENTITY, JUNK, TaskSpec, camera_task, classification_tasks, find_identity,
                        junk_task)
-
-SAMPLERS = ("auto", "pk", "random")
 
 
 @dataclass

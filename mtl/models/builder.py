@@ -16,7 +16,7 @@ from mtl.models.layers import GeMPooling, MaskFusion
 from mtl.models.trunks import attention_stages, build_trunk
 from mtl.tasks import TaskSpec, find_identity
 
-# model.pooling -> the global pooling layer (mtl.config.POOLINGS mirrors the names)
+# model.pooling -> the global pooling layer (the names: mtl.choices.POOLINGS)
 POOLINGS = {"avg": keras.layers.GlobalAveragePooling2D, "gem": GeMPooling, "max": keras.layers.GlobalMaxPooling2D}
 
 

@@ -15,10 +15,9 @@ from typing import Sequence
 
 import keras
 
+from mtl.choices import HEAD_TYPES
 from mtl.errors import ConfigError
 from mtl.tasks import TaskSpec, attribute_tasks
-
-HEAD_TYPES = ("private", "public")
 
 
 def _dense(units, name, activation="relu"):

@@ -139,6 +139,7 @@ def _load_local(model, weights):
     return model
 
 
+# model.trunk -> the trunk's builder (the names: mtl.choices.TRUNK_NAMES)
 TRUNKS: dict[str, Callable] = {
     "resnet_small": _residual((32, 64, 128, 256), (1, 1, 1, 1)),
     "resnet18ish": _residual((64, 128, 256, 512), (2, 2, 2, 2)),

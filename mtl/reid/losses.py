@@ -29,6 +29,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtl.choices import METRIC_LOSSES
 from mtl.tasks import TaskSpec
 
 # squared distances are clipped here before the square root: its gradient at 0 is infinite
@@ -37,10 +38,6 @@ _MIN_SQUARED_DISTANCE = 1e-12
 # ``initial`` of those mins, so that an empty batch gives 0 rather than Keras's eager "min of an
 # empty tensor" error
 _FAR = 1e9
-
-
-# train.metric_loss -> {train.hard_mining: loss class}; mirrored by mtl.config.METRIC_LOSSES
-METRIC_LOSSES = ("triplet", "contrastive", "centroid_triplet")
 
 
 def cross_squared_distances(a, b):

@@ -24,7 +24,7 @@ The file names of a search folder are ``mtl.rundir``'s (``TRIALS``, ``BEST_CONFI
 ``TUNING_JSON``, ``SEARCH_JSON``); its lock is ``mtl.io.folder_lock``.
 """
 
-from mtl.config import TUNERS
+from mtl.choices import TUNERS
 from mtl.io import folder_lock as exclusive_folder  # the old name of the folder lock (tests/test_io.py)
 from mtl.tuning.hypermodel import MtlHyperModel, post_trial_metrics, reid_metrics, trial_patience
 from mtl.tuning.memory import gradient_registry_mark, release_graph_memory, rss_mb

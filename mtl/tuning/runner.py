@@ -21,7 +21,8 @@ from typing import Mapping
 
 import keras_tuner
 
-from mtl.config import TUNERS, Config, to_dict
+from mtl.choices import TUNERS
+from mtl.config import Config, to_dict
 from mtl.errors import ConfigError, MtlError
 from mtl.io import folder_lock
 from mtl.rundir import BEST_CONFIG, SEARCH_JSON, TRIALS, TUNING_JSON, RunDir, config_diff

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras_tuner
 
-from mtl.config import TUNERS
+from mtl.choices import TUNERS
 from mtl.errors import ConfigError
 from mtl.tuning.hypermodel import MtlHyperModel
 from mtl.tuning.memory import gradient_registry_mark, release_graph_memory, rss_mb

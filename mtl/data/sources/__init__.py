@@ -8,9 +8,12 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mtl.data.sources.base import SourceData
 from mtl.errors import DataError
+
+if TYPE_CHECKING:  # mtl.config reads FORMATS to check data.format: no pandas for that
+    from mtl.data.sources.base import SourceData
 
 FORMATS = {
     "market1501_course": "mtl.data.sources.market_course",
