@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-EPSILON = 1e-7
+from mtl.crossentropy import EPSILON, binary_rows, categorical_rows
 
 
 def _masked_weighted_mean(per_row, valid, weights):
@@ -113,11 +113,10 @@ class MaskedSparseCategoricalCrossentropy(_MaskedLoss):
         valid = labels >= 0
         safe = ops.where(valid, labels, ops.zeros_like(labels))
         num_classes = ops.shape(y_pred)[-1]
-        log_probs = ops.log_softmax(y_pred, axis=-1) if self.from_logits else ops.log(ops.clip(y_pred, EPSILON, 1.0))
         onehot = ops.one_hot(safe, num_classes, dtype="float32")
         if self.label_smoothing:
             onehot = onehot * (1 - self.label_smoothing) + self.label_smoothing / ops.cast(num_classes, "float32")
-        per_row = -ops.sum(onehot * log_probs, axis=-1)
+        per_row = categorical_rows(onehot, y_pred, self.from_logits)
         return self._reduce(per_row, safe, valid, y_pred)
 
 
@@ -143,11 +142,7 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
         target = ops.cast(safe, "float32")
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
-        if self.from_logits:
-            per_row = ops.maximum(p, 0) - p * target + ops.log1p(ops.exp(-ops.abs(p)))
-        else:
-            p = ops.clip(p, EPSILON, 1 - EPSILON)
-            per_row = -(target * ops.log(p) + (1 - target) * ops.log(1 - p))
+        per_row = binary_rows(target, p, self.from_logits)
         return self._reduce(per_row, safe, valid, y_pred)
 
 

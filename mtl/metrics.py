@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-EPSILON = 1e-7
+from mtl.crossentropy import binary_rows, categorical_rows
 
 
 def _predicted_class(y_pred):
@@ -68,11 +68,8 @@ class MaskedCrossentropy(_MaskedMean):
 
     def per_row(self, labels, y_pred):
         if y_pred.shape[-1] == 1:
-            p = ops.clip(ops.reshape(y_pred, (-1,)), EPSILON, 1 - EPSILON)
-            t = ops.cast(labels, "float32")
-            return -(t * ops.log(p) + (1 - t) * ops.log(1 - p))
-        probs = ops.clip(y_pred, EPSILON, 1.0)
-        return -ops.sum(ops.one_hot(labels, ops.shape(y_pred)[-1]) * ops.log(probs), axis=-1)
+            return binary_rows(ops.cast(labels, "float32"), ops.reshape(y_pred, (-1,)))
+        return categorical_rows(ops.one_hot(labels, ops.shape(y_pred)[-1]), y_pred)
 
 
 class _MaskedValueMean(keras.metrics.Metric):
