@@ -217,3 +217,15 @@ def test_a_product_run_trains_evaluates_predicts_exports_and_reports_its_regress
 
     html = Path(render_report(run, tmp_path / "report" / "index.html")).read_text()
     assert "year predicted against true" in html and "mean absolute error" in html
+
+
+def test_a_regression_task_s_validation_error_can_be_a_tuning_objective():
+    from mtl.tuning.objective import objective_metrics, resolve_objective
+
+    tasks = [AGE, YEAR]
+    assert {"val_year_mae", "val_year_huber", "val_masked_loss"} <= set(objective_metrics(tasks))
+    assert "val_year_accuracy" not in objective_metrics(tasks)
+    objective = resolve_objective("year.mae", tasks)
+    assert (objective.name, objective.direction) == ("val_year_mae", "min")
+    with pytest.raises(ConfigError, match=r"per regression task: <task>.mae"):
+        resolve_objective("year.accuracy", tasks)

@@ -13,7 +13,7 @@ from mtl.errors import ConfigError
 from mtl.tasks import TaskSpec, attribute_tasks, classification_tasks, find_identity
 
 _TASK_METRICS = {"accuracy": "accuracy", "acc": "accuracy", "xent": "xent", "loss": "xent",
-                 "f1": "macro_f1", "macro_f1": "macro_f1"}
+                 "f1": "macro_f1", "macro_f1": "macro_f1", "mae": "mae", "huber": "huber"}
 _POST_SUFFIXES = ("_macro_f1",)
 _GLOBAL_SHORT = {"loss": "val_loss", "masked_loss": "val_masked_loss", "ma": "mA", "map": "reid_mAP",
                  "reid_map": "reid_mAP", "rank1": "reid_rank1", "reid_rank1": "reid_rank1",
@@ -67,6 +67,8 @@ def objective_metrics(tasks: Sequence[TaskSpec]) -> list[str]:
         names += ["mean_accuracy", "mean_macro_f1", "instance_f1"]
     for t in attributes:
         names += [f"val_{t}_accuracy", f"val_{t}_xent", f"val_{t}_macro_f1"]
+    for t in values_of(tasks):
+        names += [f"val_{t}_mae", f"val_{t}_huber"]
     if any(t.type.yes_no for t in tasks):
         names.append("mA")
     if find_identity(tasks) is not None:
@@ -74,8 +76,13 @@ def objective_metrics(tasks: Sequence[TaskSpec]) -> list[str]:
     return names
 
 
+def values_of(tasks: Sequence[TaskSpec]) -> list[str]:
+    """The tasks that predict a value (regression): their validation error is an objective."""
+    return [t.name for t in attribute_tasks(tasks) if not t.type.has_classes]
+
+
 def direction_of(metric: str) -> str:
-    return "min" if metric.endswith(("loss", "xent")) else "max"
+    return "min" if metric.endswith(("loss", "xent", "_mae", "_huber")) else "max"
 
 
 def resolve_objective(text: str, tasks: Sequence[TaskSpec],
@@ -117,7 +124,7 @@ def resolve_objective(text: str, tasks: Sequence[TaskSpec],
 
 
 def _suffix(metric: str) -> str | None:
-    for s in ("accuracy", "xent", "macro_f1"):
+    for s in ("accuracy", "xent", "macro_f1", "mae", "huber"):
         if metric.startswith("val_") and metric.endswith("_" + s):
             return s
     return None
@@ -145,4 +152,7 @@ def _valid_objectives_text(tasks) -> str:
     if attributes:
         text += (f"; per task: <task>.accuracy, <task>.xent (logged as val_<task>_accuracy, val_<task>_xent), "
                  f"<task>.f1 (macro F1, computed after each trial) for task in {', '.join(attributes)}")
+    if values_of(tasks):
+        text += (f"; per regression task: <task>.mae, <task>.huber (val_<task>_mae, val_<task>_huber) for task in "
+                 f"{', '.join(values_of(tasks))}")
     return text + "; a mean of several: a.accuracy,b.accuracy"
