@@ -154,7 +154,8 @@ def test_dwa_scales_every_term_and_wraps_the_embedding_loss():
 
 
 def test_confusion_class_weights_are_a_variable_the_loss_reads():
-    from mtl.engine import _label_weight, task_losses
+    from mtl.custom_loop import _label_weight
+    from mtl.engine import task_losses
 
     model = _tiny_model([AGE])
     balancer = attach(model, [AGE], "fixed", "confusion")

@@ -271,7 +271,7 @@ def test_a_model_with_every_option_exports_as_a_saved_model(synthetic_root, tmp_
     from mtl.config import parse_overrides
     from mtl.experiment import train
     from mtl.export import export_run, load_exported, max_abs_diff, predict, serving_model
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     settings = ["model.attention=stage3,last", "model.pooling=gem", "model.last_stride=1", "train.steps_per_epoch=1"]
     cfg = tiny_config(synthetic_root, parse_overrides(settings), tasks="age,hat", train={"epochs": 1, "batch_size": 16})

@@ -10,9 +10,11 @@ import pytest
 
 from conftest import tiny_config
 from mtl import engine
+from mtl.custom_loop import phase_at
 from mtl.engine import Phase, TrainArgs, training_phases
 from mtl.errors import ConfigError
 from mtl.optim import SGD_LR_FACTOR, TrunkLRAdamW, TrunkLRSGD, WarmupSchedule, phase_optimizer
+from mtl.rundir import RunPaths
 
 TRAIN = {"epochs": 3, "sgd_from_epoch": 2, "schedule": "step", "step_epochs": 1, "step_factor": 0.5,
          "warmup_epochs": 0, "learning_rate": 1e-3, "batch_size": 32}
@@ -52,7 +54,7 @@ def test_phases_split_where_the_trunk_unfreezes_and_where_sgd_starts():
     assert training_phases(args)[2].initial_step(5) == 20
     assert training_phases(args, initial_epoch=7) == [Phase(7, 10, True, True, 2)]
     assert training_phases(TrainArgs(epochs=4)) == [Phase(0, 4)]  # no switch: one phase, as before
-    assert engine.phase_at(training_phases(args), 6).sgd and not engine.phase_at(training_phases(args), 5).sgd
+    assert phase_at(training_phases(args), 6).sgd and not phase_at(training_phases(args), 5).sgd
     assert phase_optimizer("adamw", 1e-3) == ("adamw", 1e-3)
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True) == ("sgd", pytest.approx(SGD_LR_FACTOR * 1e-3))
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True, sgd_learning_rate=0.05) == ("sgd", 0.05)
@@ -206,7 +208,7 @@ def _tiny_engine_run(tmp_path, args, callbacks=()):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 16, 3)).astype("float32")
     train_ds = tf.data.Dataset.from_tensor_slices((x, {"hat": rng.integers(0, 2, 8).astype("int32")}))
-    paths = engine.RunPaths(tmp_path / "history.json", tmp_path / "best.weights.h5", tmp_path / "backup")
+    paths = RunPaths(tmp_path / "history.json", tmp_path / "best.weights.h5", tmp_path / "backup")
     return engine.train_model(model, tasks, train_ds.batch(4).repeat(), None, args, 2, fixed_steps=True,
                               paths=paths, callbacks=list(callbacks), custom_loop=True, verbose=0)
 
