@@ -333,10 +333,6 @@ def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float
     return images, out
 
 
-def labels_dict(table: pd.DataFrame, tasks: Sequence[str]) -> dict[str, np.ndarray]:
-    return {t: table[t].to_numpy(np.int32) for t in tasks}
-
-
 def make_dataset(paths: Sequence[str], labels: Mapping[str, np.ndarray] | None, height: int, width: int,
                  batch_size: int, training: bool = False, augment: Mapping | None = None,
                  cache: bool = True, seed: int = 0, repeat: bool = False,
