@@ -1,9 +1,10 @@
 """The modules of ``mtl`` import one another without a cycle.
 
 The graph is read from the source with ``ast``, so it sees every import: at module level and
-inside functions (where a cycle hides until the function runs), absolute and relative. An edge
-between a package's ``__init__`` and a module inside that package does not count: Python runs
-the ``__init__`` first either way, and ``mtl/__init__.py`` names its submodules on purpose.
+inside functions (where a cycle hides until the function runs), absolute and relative. Importing
+``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to ``a.b`` too. An edge between a
+package's ``__init__`` and a module inside that package does not count: Python runs the
+``__init__`` first either way, and ``mtl/__init__.py`` names its submodules on purpose.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
     """``{module: {modules of the same package it imports}}`` for every ``.py`` under ``package_dir``.
 
     ``import a.b`` and ``from a.b import c`` are edges to ``a.b``; the latter is an edge to
-    ``a.b.c`` instead where ``c`` is a module. Relative imports are resolved against the
-    importing module's package. Imports of other packages are left out.
+    ``a.b.c`` too where ``c`` is a module. Every package above an imported module is imported
+    with it (an edge to ``a`` as well). Relative imports are resolved against the importing
+    module's package. Imports of other packages are left out.
     """
     root = package_dir.parent
-    package = package_dir.name
     paths = sorted(package_dir.rglob("*.py"))
     modules = {module_name(p, root): p for p in paths}
     graph: dict[str, set[str]] = {}
@@ -57,11 +58,10 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
                     source = ".".join(base + ([node.module] if node.module else []))
                 else:
                     source = node.module
-                for alias in node.names:
-                    sub = f"{source}.{alias.name}"
-                    targets.add(sub if sub in modules else source)
-        graph[name] = {t for t in targets if (t == package or t.startswith(package + ".")) and t in modules
-                       and t != name}
+                targets.add(source)
+                targets.update(f"{source}.{alias.name}" for alias in node.names)
+        with_packages = {".".join(t.split(".")[:i]) for t in targets for i in range(1, t.count(".") + 2)}
+        graph[name] = {t for t in with_packages if t in modules and t != name}
     return graph
 
 
@@ -158,10 +158,10 @@ def test_graph_reads_every_kind_of_import(tmp_path):
         "pkg/sub/e.py": "from ..b import y\nfrom pkg.sub import x\n",
     })
     graph = import_graph(package)
-    assert graph["pkg.a"] == {"pkg.b", "pkg.sub.c", "pkg.d", "pkg.sub.e"}
-    assert graph["pkg.b"] == {"pkg.sub"}
-    assert graph["pkg.sub"] == {"pkg.sub.c", "pkg.d"}
-    assert graph["pkg.sub.e"] == {"pkg.b", "pkg.sub"}  # x is a name, not a module: the edge is to pkg.sub
+    assert graph["pkg.a"] == {"pkg", "pkg.b", "pkg.sub", "pkg.sub.c", "pkg.d", "pkg.sub.e"}  # not os
+    assert graph["pkg.b"] == {"pkg", "pkg.sub"}
+    assert graph["pkg.sub"] == {"pkg", "pkg.sub.c", "pkg.d"}
+    assert graph["pkg.sub.e"] == {"pkg", "pkg.b", "pkg.sub"}  # x is a name, not a module: the edge is to pkg.sub
     assert graph["pkg"] == set()
 
 
@@ -176,6 +176,17 @@ def test_cycle_through_a_function_level_import_is_found(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
     graph["pkg.c"].discard("pkg.a")
     assert find_cycle(graph) is None
+
+
+def test_importing_a_module_runs_the_packages_above_it(tmp_path):
+    package = _write_package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/low/__init__.py": "from pkg import high\n",  # the package's __init__ imports upwards
+        "pkg/low/base.py": "",
+        "pkg/high.py": "from pkg.low.base import x\n",  # runs pkg/low/__init__.py first
+    })
+    graph = without_own_package_edges(import_graph(package))
+    assert find_cycle(graph) == ["pkg.high", "pkg.low", "pkg.high"]
 
 
 def test_all_cycles_lists_each_cycle(tmp_path):
