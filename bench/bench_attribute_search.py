@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from mtl.inference import extract_features
     from mtl.scoring import class_probabilities
     from mtl.reid.embedding import feature_model
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
     from mtl.search import Condition, Gallery, attribute_tasks, search
 
     run = load_run(args.run)

@@ -44,7 +44,7 @@ _LAZY_API = {
     "evaluate": ("mtl.inference", "evaluate_model"),
     "evaluate_reid": ("mtl.reid.protocol", "evaluate_labelled"),
     "Config": ("mtl.config", "Config"),
-    "load_run": ("mtl.rundir", "load_run"),
+    "load_run": ("mtl.runs", "load_run"),
 }
 
 __all__ = ["__version__", "build_model", "load_model", "load_config", "train", "evaluate", "evaluate_reid",

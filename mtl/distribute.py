@@ -7,7 +7,7 @@
   engine trains with ``model.fit``;
 * ``multiworker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the machines listed in
   ``TF_CONFIG``; Keras 3's ``model.fit`` fails under it (keras-team/keras#20585), so the engine
-  runs its own training step in a custom loop (``mtl.engine.train_model``, :func:`uses_custom_loop`);
+  runs its own training step in a custom loop (``mtl.custom_loop``, :func:`uses_custom_loop`);
 * ``auto`` (the default): ``mirrored`` when the machine has more than one GPU, else ``none``.
 
 Roles follow tf.distribute's conventions (:func:`cluster`): the ``chief`` task, or worker 0 when

@@ -213,7 +213,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, ove
         MtlError: unknown format, missing converter, not a finished run, an export already there.
     """
     from mtl.io import atomic_write_json, ensure_writable, make_folder
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     log = log or (lambda *a, **k: None)
     check_format(fmt)

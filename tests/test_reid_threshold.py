@@ -196,7 +196,7 @@ def test_predict_with_the_runs_threshold_writes_variable_length_lines(tiny_reid_
     from mtl.inference import extract_features
     from mtl.reid.embedding import embedding_layer_name, feature_model
     from mtl.reid.protocol import feature_distance
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     threshold = json.loads((tiny_reid_run / "metrics.json").read_text())["reid"]["threshold"]["value"]
     out = tmp_path / "out"

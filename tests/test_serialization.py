@@ -355,14 +355,14 @@ def test_load_model_takes_a_run_folder_and_compiles_on_request(tmp_path, attribu
 # --- the public API -----------------------------------------------------------------------------
 
 def test_public_api_is_listed_and_resolves_to_the_entry_points():
-    from mtl import config, experiment, inference, rundir
+    from mtl import config, experiment, inference, runs
     from mtl.models import builder
     from mtl.reid import protocol
 
     assert set(mtl.__all__) <= set(dir(mtl))
     assert mtl.__version__ == "0.1.0"
     assert mtl.build_model is builder.build_model and mtl.load_model is builder.load_model
-    assert mtl.train is experiment.train and mtl.Config is config.Config and mtl.load_run is rundir.load_run
+    assert mtl.train is experiment.train and mtl.Config is config.Config and mtl.load_run is runs.load_run
     assert mtl.evaluate is inference.evaluate_model and mtl.evaluate_reid is protocol.evaluate_labelled
     with pytest.raises(AttributeError):
         mtl.no_such_name  # noqa: B018

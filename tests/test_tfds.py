@@ -11,6 +11,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from mtl.data import tfds as prepared  # noqa: E402
 from mtl.data.prepare import prepare_data  # noqa: E402
 from mtl.data.sources import load_source  # noqa: E402
+from mtl.data.sources.prepared import is_prepared  # noqa: E402
 from mtl.data.tfds.builder import MISSING  # noqa: E402
 from mtl.errors import ConfigError, DataError  # noqa: E402
 from tests.source_folders import write_fashion  # noqa: E402
@@ -108,4 +109,4 @@ def test_nothing_prepared(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match="no prepared dataset"):
         load_source("tfds:mtl_fashion")
-    assert not prepared.is_prepared(tmp_path)
+    assert not is_prepared(tmp_path)

@@ -194,7 +194,8 @@ def _evaluate(args, run_dir: Path) -> int:
     from mtl.data.masks import mask_folder
     from mtl.data.relabel import load_for_run, unseen_summary
     from mtl.reid.protocol import JUNK_THRESHOLD, evaluate_labelled, evaluation_images, no_ranking_reason
-    from mtl.rundir import METRICS, REID_EXAMPLES, RunDir, load_run
+    from mtl.rundir import METRICS, REID_EXAMPLES, RunDir
+    from mtl.runs import load_run
 
     metrics = check_outputs_writable(run_dir, args.out)
     print(f"loading run {run_dir}", flush=True)

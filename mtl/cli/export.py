@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     if args.check < 0:
         raise ConfigError(f"--check must be >= 0, got {args.check}")
     from mtl.export import export_run
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
 
     if load_run(args.run, model=False).config.data.person_mask:  # the serving contract is one uint8 RGB image
         raise ConfigError(f"--run {args.run}: the model takes a person mask as a 4th input channel "

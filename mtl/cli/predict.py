@@ -126,12 +126,14 @@ def predict_any_images(args: argparse.Namespace) -> int:
     """``--images``: ``predictions.csv`` (and ``embeddings.npy``) for the images named."""
     from mtl.data.images import list_images
     from mtl.io import ensure_writable
-    from mtl.rundir import PREDICTIONS_DIR, RunDir, load_run
+    from mtl.rundir import PREDICTIONS_DIR
+    from mtl.runs import load_run
 
     paths = list_images(args.images)  # a typo fails here, before the model is loaded
     out = Path(args.out) if args.out else Path(args.run) / PREDICTIONS_DIR
     run = load_run(args.run, model=False)  # a folder that is not a run: one line, before any work
     ensure_writable(out)
+    from mtl.models.builder import load_model
     from mtl.predictions import predict_images
 
     cfg = run.config
@@ -141,7 +143,7 @@ def predict_any_images(args: argparse.Namespace) -> int:
                         "deliverables (--data, masks written by mtl-masks)")
     start = time.time()
     print(f"{len(paths)} image(s) to predict with {run.run_dir}", flush=True)
-    result = predict_images(RunDir(args.run).load_model(), run.tasks, paths, cfg.data.image_height,
+    result = predict_images(load_model(args.run), run.tasks, paths, cfg.data.image_height,
                             cfg.data.image_width, out, batch_size=args.batch_size or cfg.train.batch_size,
                             probabilities=args.probabilities, log=lambda line: print(line, flush=True))
     print(f"written: {result.csv} ({result.rows} rows)", flush=True)
@@ -167,7 +169,7 @@ def write_deliverables(args: argparse.Namespace) -> int:
     from mtl.predictions import fill_with_majority
     from mtl.reid.embedding import embedding_layer_name, feature_model
     from mtl.reid.protocol import JUNK_THRESHOLD, has_junk_output, junk_flags
-    from mtl.rundir import load_run
+    from mtl.runs import load_run
     from mtl.tasks import JUNK
 
     top, distance = args.top or DEFAULT_TOP, args.distance or "cosine"

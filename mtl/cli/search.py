@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         raise ConfigError(f"--top must be >= 1, got {args.top}")
     from pathlib import Path
 
-    from mtl.rundir import INDEX, load_run
+    from mtl.rundir import INDEX
+    from mtl.runs import load_run
 
     run = load_run(args.run, model=False)
     from mtl import search as lib

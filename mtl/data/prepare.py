@@ -4,6 +4,9 @@
 images the pipeline cannot decode and splits by identity. ``datasets`` turns the prepared split
 into the training and validation ``tf.data`` pipelines (P x K batches with the identity task).
 The top of the package (``mtl.experiment``) turns a ``Config`` into these arguments.
+
+Importing this module imports no TensorFlow: the pipeline (``mtl.data.pipeline``: the image
+check of ``prepare_data`` and the datasets) is imported by the functions that run it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import pandas as pd
 from mtl import tasks as task_lib
 from mtl.choices import SAMPLERS
 from mtl.data.masks import mask_paths
-from mtl.data.pipeline import drop_unreadable, make_dataset
 from mtl.data.sources import load_source
 from mtl.data.sources.base import SourceData
 from mtl.data.splits import split_by_identity
@@ -122,6 +124,8 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
         counts = labelled.groupby("identity").size().loc[ids].cumsum()
         keep = counts.index[counts <= max_images]
         labelled = labelled[labelled["identity"].isin(keep)].reset_index(drop=True)
+    from mtl.data.pipeline import drop_unreadable  # decodes with TensorFlow
+
     labelled, skipped = drop_unreadable(labelled)
     # the split is stratified on classes: a value (regression) has none
     if stratify:
@@ -222,6 +226,8 @@ def datasets(data: PreparedData, height: int, width: int, batch_size: int, augme
         ConfigError: ``junk_fraction > 0`` without the ``junk`` task among the data's tasks.
         DataError: a person mask is missing.
     """
+    from mtl.data.pipeline import make_dataset
+
     if junk_fraction > 0 and not any(t.name == JUNK for t in data.tasks):
         raise ConfigError(f"data.junk_fraction={junk_fraction}: the prepared data has no {JUNK!r} task "
                           "(prepare_data(junk=True))")

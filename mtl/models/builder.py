@@ -14,6 +14,7 @@ from mtl.models.attention import CBAM
 from mtl.models.heads import attribute_heads
 from mtl.models.layers import GeMPooling, MaskFusion
 from mtl.models.trunks import attention_stages, build_trunk
+from mtl.rundir import MODEL
 from mtl.tasks import TaskSpec, find_identity
 
 # model.pooling -> the global pooling layer (the names: mtl.choices.POOLINGS)
@@ -103,8 +104,6 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
         DataError: the file is missing, is not a complete ``.keras`` (zip) archive (truncated,
             corrupt, another format), or Keras cannot rebuild the model from it.
     """
-    from mtl.rundir import MODEL
-
     path = Path(path)
     if path.is_dir():
         path = path / MODEL

