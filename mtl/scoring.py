@@ -1,12 +1,12 @@
 """The evaluation of the attribute heads after training, in numpy (no TensorFlow).
 
-Per classification task (``evaluate_task``): accuracy, macro F1, per-class precision / recall /
-F1 / support and the majority-class baseline; mA for binary attributes: the mean over attributes
-of (TPR + TNR) / 2, the label-based metric of the pedestrian-attribute literature (PETA, RAP,
-Market-1501 attributes); and the literature's instance-based accuracy, precision, recall and F1
-(``instance_metrics``, over every attribute of an image at once). Per regression task
-(``evaluate_regression``): mean absolute error, root mean squared error and R^2 against the
-training mean. ``evaluate_attributes`` computes all of them for a set of tasks.
+Per task (``evaluate_task``: its kind's own evaluation, ``TaskKind.evaluate``): accuracy, macro
+F1, per-class precision / recall / F1 / support and the majority-class baseline of a
+classification task, a regression task's mean absolute error, RMSE and R^2; across tasks: mA for
+binary attributes, the mean over attributes of (TPR + TNR) / 2, the label-based metric of the
+pedestrian-attribute literature (PETA, RAP, Market-1501 attributes); and the literature's
+instance-based accuracy, precision, recall and F1 (``instance_metrics``, over every attribute of
+an image at once). ``evaluate_attributes`` computes all of them for a set of tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import mean_absolute_error, precision_recall_fscore_support, r2_score
 
 from mtl.tasks import AUXILIARY, TaskSpec, attribute_tasks, classification_tasks
 
@@ -25,48 +24,16 @@ def class_probabilities(pred: np.ndarray, spec: TaskSpec) -> np.ndarray:
 
 
 def evaluate_task(y_true: np.ndarray, probs: np.ndarray, spec: TaskSpec) -> dict:
-    """Metrics of one task over its labelled rows.
+    """Metrics of one task over its labelled rows: its kind's evaluation (``TaskKind.evaluate``:
+    accuracy, macro F1, majority baseline, per class P/R/F1 and, for a binary task, the balanced
+    accuracy; a regression task's MAE, RMSE and R^2).
 
     Args:
-        y_true: class indices, ``-1`` = missing (ignored).
-        probs: ``(N, K)`` class probabilities (see ``class_probabilities``).
+        y_true: class indices, ``-1`` = missing (a regression task: values, NaN = missing).
+        probs: ``(N, K)`` class probabilities (``class_probabilities``; a regression task: ``(N, 1)``).
         spec: the task.
-
-    Returns:
-        ``accuracy``, ``macro_f1`` (over classes present in truth or prediction), ``majority_accuracy``
-        (always predicting the most frequent true class), ``support``, ``per_class`` (a list of
-        ``{class, precision, recall, f1, support}``), and for binary tasks ``balanced_accuracy``
-        ((TPR + TNR) / 2, the per-attribute term of mA).
     """
-    y_true = np.asarray(y_true)
-    keep = y_true >= 0
-    y, p = y_true[keep], np.asarray(probs)[keep]
-    out: dict = {"task": spec.name, "kind": spec.kind, "support": int(keep.sum())}
-    if not len(y):
-        return out | {"accuracy": None, "macro_f1": None, "majority_accuracy": None, "per_class": []}
-    pred = p.argmax(axis=1)
-    labels = np.arange(spec.num_classes)
-    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    present = np.isin(labels, np.union1d(y, pred))
-    counts = np.bincount(y, minlength=spec.num_classes)
-    out |= {
-        "accuracy": float((pred == y).mean()),
-        "macro_f1": float(f1[present].mean()),
-        "majority_accuracy": float(counts.max() / len(y)),
-        "per_class": [
-            {"class": spec.classes[i], "precision": float(prec[i]), "recall": float(rec[i]),
-             "f1": float(f1[i]), "support": int(sup[i])}
-            for i in labels
-        ],
-    }
-    if spec.type.yes_no:
-        out["balanced_accuracy"] = _balanced_accuracy(y, pred)
-    return out
-
-
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    terms = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
-    return float(np.mean(terms))
+    return spec.type.evaluate(y_true, np.asarray(probs), spec)
 
 
 def mean_accuracy_ma(results: Mapping[str, dict]) -> float | None:
@@ -195,12 +162,12 @@ def evaluate_attributes(labels: Mapping[str, np.ndarray], probabilities: Mapping
         tasks: the tasks; the identity task, and tasks without labels or probabilities, are skipped.
 
     Returns:
-        ``{"tasks": {task: TaskKind.evaluate result}, "summary": summarize(...) plus INSTANCE_KEYS,
+        ``{"tasks": {task: evaluate_task result}, "summary": summarize(...) plus INSTANCE_KEYS,
         "instance": {"attributes": [names of the attributes counted (attribute_matrix)],
         "num_images": images with a labelled attribute}}``.
     """
     evaluated = [t for t in attribute_tasks(tasks) if t.name in labels and t.name in probabilities]
-    results = {t.name: t.type.evaluate(labels[t.name], np.asarray(probabilities[t.name]), t) for t in evaluated}
+    results = {t.name: evaluate_task(labels[t.name], probabilities[t.name], t) for t in evaluated}
     specs = classification_tasks(evaluated)
     predicted = {t.name: np.asarray(probabilities[t.name]).argmax(axis=1) for t in specs}
     # the auxiliary tasks (camera, junk) have their own results, but the summary describes the
@@ -211,33 +178,6 @@ def evaluate_attributes(labels: Mapping[str, np.ndarray], probabilities: Mapping
     summary = summarize({t.name: results[t.name] for t in main}) | {k: instance[k] for k in INSTANCE_KEYS}
     return {"tasks": results, "summary": summary,
             "instance": {"attributes": names, "num_images": instance["num_images"]}}
-
-
-def evaluate_regression(y_true: np.ndarray, predicted: np.ndarray, spec: TaskSpec) -> dict:
-    """Metrics of one regression task over its labelled rows (a label of NaN is missing).
-
-    Returns:
-        ``task``, ``kind``, ``support``; ``mae`` (mean absolute error, in the labels' units),
-        ``rmse``, ``r2`` (``sklearn.metrics.r2_score``: 1 - residual / total sum of squares; None
-        with fewer than 2 labelled rows), ``baseline_mae`` (always predicting the training mean,
-        ``spec.center``: what ``mae`` should beat) and ``median_absolute_error``; all None without
-        a labelled row.
-    """
-    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    p = np.asarray(predicted, dtype=np.float64).reshape(-1)
-    keep = np.isfinite(y)
-    y, p = y[keep], p[keep]
-    out: dict = {"task": spec.name, "kind": spec.kind, "support": int(keep.sum())}
-    if not len(y):
-        return out | dict.fromkeys(REGRESSION_KEYS)
-    error = np.abs(p - y)
-    return out | {"mae": float(mean_absolute_error(y, p)), "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
-                  "r2": float(r2_score(y, p)) if len(y) >= 2 else None,
-                  "baseline_mae": float(np.mean(np.abs(y - spec.center))),
-                  "median_absolute_error": float(np.median(error))}
-
-
-REGRESSION_KEYS = ("mae", "rmse", "r2", "baseline_mae", "median_absolute_error")
 
 
 def instance_line(summary: Mapping) -> str | None:

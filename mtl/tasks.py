@@ -167,10 +167,43 @@ class TaskKind:
                 "what": "class probabilities (softmax), in the order of classes", "classes": list(spec.classes)}
 
     def evaluate(self, labels, values, spec: "TaskSpec") -> dict:
-        """The task's metrics over its labelled rows (``mtl.scoring``)."""
-        from mtl.scoring import evaluate_task
+        """The task's metrics over its labelled rows (``mtl.scoring.evaluate_task``).
 
-        return evaluate_task(labels, values, spec)
+        Args:
+            labels: class indices, ``-1`` = missing (ignored).
+            values: ``(N, K)`` class probabilities (``probabilities``).
+            spec: the task.
+
+        Returns:
+            ``accuracy``, ``macro_f1`` (over classes present in truth or prediction),
+            ``majority_accuracy`` (always predicting the most frequent true class), ``support``,
+            ``per_class`` (a list of ``{class, precision, recall, f1, support}``), and for a
+            ``yes_no`` task ``balanced_accuracy`` ((TPR + TNR) / 2, the per-attribute term of mA).
+        """
+        from sklearn.metrics import precision_recall_fscore_support
+
+        y_true = np.asarray(labels)
+        keep = y_true >= 0
+        y, p = y_true[keep], np.asarray(values)[keep]
+        out: dict = {"task": spec.name, "kind": spec.kind, "support": int(keep.sum())}
+        if not len(y):
+            return out | {"accuracy": None, "macro_f1": None, "majority_accuracy": None, "per_class": []}
+        pred = p.argmax(axis=1)
+        classes = np.arange(spec.num_classes)
+        prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
+        present = np.isin(classes, np.union1d(y, pred))
+        counts = np.bincount(y, minlength=spec.num_classes)
+        out |= {
+            "accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1[present].mean()),
+            "majority_accuracy": float(counts.max() / len(y)),
+            "per_class": [{"class": spec.classes[i], "precision": float(prec[i]), "recall": float(rec[i]),
+                           "f1": float(f1[i]), "support": int(sup[i])} for i in classes],
+        }
+        if self.yes_no:
+            out["balanced_accuracy"] = float(np.mean([float((pred[y == c] == c).mean()) for c in (0, 1)
+                                                      if (y == c).any()]))
+        return out
 
 
 class Categorical(TaskKind):
@@ -242,6 +275,9 @@ class Identity(TaskKind):
         from mtl.reid.losses import identity_losses
 
         return identity_losses(spec, **(identity_options or {}))
+
+
+REGRESSION_KEYS = ("mae", "rmse", "r2", "baseline_mae", "median_absolute_error")  # Regression.evaluate's figures
 
 
 class Regression(TaskKind):
@@ -333,9 +369,28 @@ class Regression(TaskKind):
                 "what": f"the predicted value (training labels: mean {spec.center:.4g}, std {spec.spread:.4g})"}
 
     def evaluate(self, labels, values, spec):
-        from mtl.scoring import evaluate_regression
+        """Mean absolute error and more over the labelled rows (a label of NaN is missing).
 
-        return evaluate_regression(labels, values[:, 0], spec)
+        Returns:
+            ``task``, ``kind``, ``support``; ``mae`` (in the labels' units), ``rmse``, ``r2``
+            (``sklearn.metrics.r2_score``: 1 - residual / total sum of squares; None with fewer
+            than 2 labelled rows), ``baseline_mae`` (always predicting the training mean,
+            ``spec.center``: what ``mae`` should beat) and ``median_absolute_error``; all None
+            without a labelled row.
+        """
+        from sklearn.metrics import mean_absolute_error, r2_score
+
+        y = np.asarray(labels, dtype=np.float64).reshape(-1)
+        p = np.asarray(values, dtype=np.float64).reshape(-1)
+        keep = np.isfinite(y)
+        y, p = y[keep], p[keep]
+        out: dict = {"task": spec.name, "kind": spec.kind, "support": int(keep.sum())}
+        if not len(y):
+            return out | dict.fromkeys(REGRESSION_KEYS)
+        return out | {"mae": float(mean_absolute_error(y, p)), "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
+                      "r2": float(r2_score(y, p)) if len(y) >= 2 else None,
+                      "baseline_mae": float(np.mean(np.abs(y - spec.center))),
+                      "median_absolute_error": float(np.median(np.abs(p - y)))}
 
 
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Binary(), Categorical(), Identity(), Regression())}

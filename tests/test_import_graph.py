@@ -1,7 +1,8 @@
 """The modules of ``mtl`` import one another without a cycle.
 
 The graph is read from the source with ``ast``, so it sees every import: at module level and
-inside functions (where a cycle hides until the function runs), absolute and relative. Importing
+inside functions (where a cycle hides until the function runs), absolute and relative; only the
+imports under ``if TYPE_CHECKING:`` (type annotations, never run) are left out. Importing
 ``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to ``a.b`` too. An edge between a
 package's ``__init__`` and a module inside that package does not count: Python runs the
 ``__init__`` first either way, and ``mtl/__init__.py`` names its submodules on purpose.
@@ -48,7 +49,7 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -63,6 +64,24 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
         with_packages = {".".join(t.split(".")[:i]) for t in targets for i in range(1, t.count(".") + 2)}
         graph[name] = {t for t in with_packages if t in modules and t != name}
     return graph
+
+
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+                                         or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (their ``else`` runs: kept)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if _type_checking(node):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def _inside(module: str, package: str) -> bool:
@@ -176,6 +195,24 @@ def test_graph_reads_every_kind_of_import(tmp_path):
     assert graph["pkg.sub"] == {"pkg", "pkg.sub.c", "pkg.d"}
     assert graph["pkg.sub.e"] == {"pkg", "pkg.b", "pkg.sub"}  # x is a name, not a module: the edge is to pkg.sub
     assert graph["pkg"] == set()
+
+
+def test_imports_for_type_annotations_only_are_no_edges(tmp_path):
+    package = _write_package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": """
+            import typing
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from pkg.b import B
+            else:
+                from pkg import c
+            if typing.TYPE_CHECKING:
+                import pkg.d
+        """,
+        "pkg/b.py": "", "pkg/c.py": "", "pkg/d.py": "",
+    })
+    assert import_graph(package)["pkg.a"] == {"pkg", "pkg.c"}
 
 
 def test_cycle_through_a_function_level_import_is_found(tmp_path):

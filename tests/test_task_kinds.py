@@ -89,16 +89,16 @@ def test_the_regression_training_metrics_skip_missing_labels():
 def test_evaluate_regression_gives_mae_rmse_r2_and_the_mean_baseline():
     from sklearn.metrics import r2_score
 
-    from mtl.scoring import evaluate_regression
+    from mtl.scoring import evaluate_task
 
     y = np.array([2010.0, 2012.0, np.nan, 2016.0])
-    p = np.array([2011.0, 2012.0, 1900.0, 2013.0])
-    r = evaluate_regression(y, p, YEAR)
+    p = np.array([[2011.0], [2012.0], [1900.0], [2013.0]])
+    r = evaluate_task(y, p, YEAR)
     assert r["support"] == 3 and r["kind"] == REGRESSION
     assert r["mae"] == pytest.approx(4 / 3) and r["rmse"] == pytest.approx(np.sqrt(10 / 3))
     assert r["r2"] == pytest.approx(r2_score([2010, 2012, 2016], [2011, 2012, 2013]))
     assert r["baseline_mae"] == pytest.approx((2 + 0 + 4) / 3)  # |y - 2012|, the training mean
-    assert evaluate_regression(np.array([np.nan]), np.array([1.0]), YEAR)["mae"] is None
+    assert evaluate_task(np.array([np.nan]), np.array([[1.0]]), YEAR)["mae"] is None
 
 
 def test_a_regression_task_has_its_own_result_and_stays_out_of_the_summary():

@@ -19,8 +19,13 @@ TF_FREE_MODULES = (
     "mtl.config",
     "mtl.data.prepare",
     "mtl.reid.evaluate",
+    "mtl.reid.protocol",
     "mtl.reid.rerank",
     "mtl.rundir",
+    "mtl.scoring",
+    "mtl.tasks",
+    "mtl.data.relabel",
+    "mtl.report.render",
 )
 
 CHECK = ("import sys, {module}; "

@@ -26,11 +26,15 @@ per-anchor (or, for the contrastive loss, per-pair) value over what the batch ma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 from keras import ops
 
 from mtl.choices import METRIC_LOSSES
-from mtl.tasks import TaskSpec
+
+if TYPE_CHECKING:  # the identity task's kind (mtl.tasks) builds these losses: no import back at run time
+    from mtl.tasks import TaskSpec
 
 # squared distances are clipped here before the square root: its gradient at 0 is infinite
 _MIN_SQUARED_DISTANCE = 1e-12
