@@ -27,16 +27,23 @@ rule ``mtl.reid.threshold`` chooses and scores the threshold under.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from mtl.data.masks import mask_folder
+from mtl.data.relabel import load_for_run
 from mtl.data.sources.market_course import BINARY_ATTRIBUTES, DOWN_COLUMNS, UP_COLUMNS
 from mtl.errors import DataError
-from mtl.io import atomic_path, atomic_write_text
-from mtl.reid.threshold import MIN_RETURN, returned_counts
+from mtl.io import atomic_path, atomic_write_text, ensure_writable, make_folder
+from mtl.predictions import fill_with_majority
+from mtl.reid.rerank import re_ranking_features
+from mtl.reid.threshold import MIN_RETURN, TOP_K, returned_counts, top_k_rows
+from mtl.rundir import METRICS, RunDir
+from mtl.tasks import JUNK
 
 FILE_COLUMN = "file_name"
 CLASSIFICATION_FILE = "classification_test.csv"
@@ -100,26 +107,6 @@ def write_classification_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Write the table of ``classification_frame`` (atomically, no index column)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def top_k_rows(distmat: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` smallest entries of each row, smallest first (ties: lower index)."""
-    distmat = np.asarray(distmat)
-    k = min(int(k), distmat.shape[1])
-    if 0 < k < distmat.shape[1]:
-        # argpartition picks any of the entries tied with the k-th value: take all those below
-        # it, then the lowest-index ones equal to it (a stable sort's choice)
-        kth = np.take_along_axis(distmat, np.argpartition(distmat, k - 1, axis=1)[:, k - 1:k], axis=1)
-        below = distmat < kth
-        tied = distmat == kth
-        room = k - np.count_nonzero(below, axis=1, keepdims=True)
-        chosen = below | (tied & (np.cumsum(tied, axis=1) <= room))
-        part = np.nonzero(chosen)[1].reshape(len(distmat), k)
-    else:
-        part = np.broadcast_to(np.arange(distmat.shape[1]), distmat.shape).copy()
-    values = np.take_along_axis(distmat, part, axis=1)
-    order = np.lexsort((part, values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
 
 
 def threshold_rows(distmat: np.ndarray, threshold: float, top: int, min_return: int = MIN_RETURN
@@ -198,3 +185,180 @@ def read_reid_txt(path: str | Path) -> dict[str, list[str]]:
             raise DataError(f"{path}:{number}: a gallery image is listed twice for {query}")
         ranked[query] = names
     return ranked
+
+
+# === The deliverables of a run ===
+
+def write_deliverables(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                       top: int = TOP_K, distance: str | None = None, rerank: bool = False,
+                       reid_threshold: str | float | None = None, batch_size: int | None = None,
+                       junk_threshold: float | None = None, masks: str | Path | None = None,
+                       log: Callable[[str], None] = print) -> list[Path]:
+    """``classification_test.csv`` and ``reid_test.txt`` of a finished run on a course-layout folder,
+    as ``mtl-predict --data`` writes them (its flags are these arguments).
+
+    Only ``test/`` and ``queries/`` are read. A ``test/`` image the pipeline cannot decode keeps its
+    row of ``classification_test.csv`` (the class predicted most often over the other images) and is
+    left out of the rankings, as is a ``queries/`` image; a run with the ``junk`` output leaves out
+    of the gallery the images it predicts junk.
+
+    Args:
+        run_dir: the run folder.
+        data: the course-layout folder (default: the run's data folder).
+        out: the folder written into (default: ``run_dir``); checked writable before any work.
+        top: gallery images per query (with a threshold: at most).
+        distance: ``cosine`` or ``euclidean`` (default: cosine, or the distance of ``auto``'s threshold).
+        rerank: k-reciprocal re-ranking of the whole ``test/`` gallery.
+        reid_threshold: None: ``top`` images per query; a distance: variable-length lines
+            (:func:`threshold_rows`); ``"auto"``: the threshold the run chose (:func:`resolve_reid_threshold`).
+        batch_size: images per batch (default: the run's ``train.batch_size``).
+        junk_threshold: for a run with the ``junk`` output, the P(junk) above which a ``test/`` image
+            is not retrieved (default ``mtl.reid.protocol.JUNK_THRESHOLD``).
+        masks: the person masks of ``data`` for a 4-channel run (default: the run's ``data.person_mask``).
+        log: where the progress and the files written are told, one line per call.
+
+    Returns:
+        The files written.
+
+    Raises:
+        MtlError: a folder without ``test/``, nothing decodable, a bad threshold or flag, an unwritable ``out``.
+    """
+    # the model's modules load TensorFlow: imported here so that the file formats above do not
+    from mtl.data.pipeline import drop_unreadable
+    from mtl.inference import extract_features
+    from mtl.scoring import class_probabilities
+    from mtl.reid.embedding import embedding_layer_name, feature_model
+    from mtl.reid.protocol import JUNK_THRESHOLD, RERANK_PARAMS, has_junk_output, junk_flags, require_junk_output
+    from mtl.runs import load_run
+
+    out = Path(out) if out else Path(run_dir)
+    ensure_writable(out)  # before hours of extraction
+    reid_threshold, distance = resolve_reid_threshold(run_dir, reid_threshold, distance, rerank, log)
+    run = load_run(run_dir)
+    cfg = run.config
+    root = Path(data) if data else run.data_root()
+    if not (root / "test").is_dir():
+        raise DataError(f"{root}: no test/ folder: the course deliverables need test/ (and queries/ for "
+                        f"{REID_FILE}); to predict on any images: mtl-predict --run {run_dir} --images {root}")
+    # the one reader of data for an existing run; only test/ and queries/ are read (no train/ needed)
+    source, _ = load_for_run(root, "market1501_course", run.tasks, require_labels=False, train=False)
+    gallery_all = source.subset("test")
+    queries = source.subset("query")
+    if gallery_all.empty:
+        raise DataError(f"{root}: no test/ images to predict")
+    # a file the pipeline cannot decode would stop feature extraction: it is left out of the extraction
+    gallery, skipped_gallery = drop_unreadable(gallery_all)
+    queries, skipped_queries = drop_unreadable(queries)
+    if gallery.empty:
+        raise DataError(f"{root}: no test/ image can be decoded")
+    make_folder(out)
+    h, w, batch = cfg.data.image_height, cfg.data.image_width, batch_size or cfg.train.batch_size
+    deliverable = set(SCALAR_COLUMNS) | set(COLOR_GROUPS)
+    attr_tasks = [t for t in run.tasks if t.name in deliverable]
+    layer = embedding_layer_name(run.model)
+    junk = has_junk_output(run.model)
+    if junk_threshold is not None:
+        require_junk_output(run.model, run_dir)
+    start = time.time()
+    for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
+        if len(skipped):
+            log(f"{name}: {len(skipped)} image(s) the pipeline cannot decode: "
+                + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])))
+
+    log(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}")
+    names = [layer] + [t.name for t in attr_tasks] + ([JUNK] if junk else [])
+    masks = mask_folder(masks or cfg.data.person_mask, source.root)  # a 4-channel model's 4th channel
+    outputs = extract_features(feature_model(run.model, names), gallery["path"], h, w, batch, desc="test/ images",
+                               masks=masks)
+    written = []
+    if attr_tasks:
+        predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
+        decoded = ~gallery_all["path"].isin(skipped_gallery["path"]).to_numpy()
+        frame = classification_frame(gallery_all["path"], fill_with_majority(predictions, decoded))
+        write_classification_csv(out / CLASSIFICATION_FILE, frame)
+        written.append(out / CLASSIFICATION_FILE)
+        missing = sorted(deliverable - set(predictions))
+        note = f" (the run does not predict {', '.join(missing)}: no columns for them)" if missing else ""
+        log(f"written: {out / CLASSIFICATION_FILE} ({len(frame)} rows){note}")
+        if len(skipped_gallery):
+            log(f"note: {CLASSIFICATION_FILE} lists the {len(skipped_gallery)} test/ image(s) that cannot be "
+                "decoded too (one row per file), with the class the model predicts most often over the other "
+                "test/ images")
+    else:
+        log(f"the run predicts no Market attribute: {CLASSIFICATION_FILE} not written")
+
+    if queries.empty:
+        log(f"{root}: no queries/ images: {REID_FILE} not written")
+        return written
+    g_feat = outputs[layer].reshape(len(gallery), -1)
+    if junk:  # the test/ images the run predicts junk (not a person) are not retrieved
+        threshold = JUNK_THRESHOLD if junk_threshold is None else junk_threshold
+        is_junk = junk_flags(outputs[JUNK], threshold)
+        gallery, g_feat = gallery[~is_junk].reset_index(drop=True), g_feat[~is_junk]
+        log(f"junk: {int(is_junk.sum())} of {len(is_junk)} test/ image(s) predicted junk (P > {threshold:g}) "
+            f"left out of {REID_FILE}")
+        if gallery.empty:
+            raise DataError(f"every test/ image is predicted junk (P > {threshold:g}): raise --junk-threshold")
+    del outputs
+    q_feat = extract_features(feature_model(run.model, [layer]), queries["path"], h, w, batch,
+                              desc="queries/ images", masks=masks)[layer].reshape(len(queries), -1)
+    if rerank:
+        log("re-ranking (k-reciprocal) ...")
+        reranked = re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS)
+        ranking = top_k_rows(reranked, top) if reid_threshold is None else threshold_rows(reranked, reid_threshold, top)
+    else:
+        ranking = rank_gallery(q_feat, g_feat, top, distance, threshold=reid_threshold)
+    write_reid_txt(out / REID_FILE, queries["path"], gallery["path"], ranking)
+    written.append(out / REID_FILE)
+    note = ""
+    if len(skipped_gallery) or len(skipped_queries):
+        note = (f"; left out as they cannot be decoded: {len(skipped_gallery)} test/ and {len(skipped_queries)} "
+                "queries/ image(s)")
+    sizes = [len(row) for row in ranking]
+    shape = (f"x top {max(sizes, default=0)}" if reid_threshold is None else
+             f"with {min(sizes, default=0)}-{max(sizes, default=0)} images each, mean {np.mean(sizes or [0]):.1f}, "
+             f"at distance <= {reid_threshold:.4g}")
+    log(f"written: {out / REID_FILE} ({len(queries)} queries {shape}){note} in {time.time() - start:.0f} s")
+    return written
+
+
+def resolve_reid_threshold(run_dir: str | Path, reid_threshold: str | float | None, distance: str | None,
+                           rerank: bool = False, log: Callable[[str], None] = print) -> tuple[float | None, str]:
+    """The deliverable's distance threshold and the distance it is in.
+
+    ``auto`` reads ``metrics.json["reid"]["threshold"]`` (chosen on the run's held-out people, in
+    the plain distance it records, which is then the distance used unless ``distance`` names
+    another: an error, as is ``rerank``, whose distances have another scale).
+
+    Args:
+        run_dir: the run folder.
+        reid_threshold: None (fixed-length lines), a distance, or ``"auto"``.
+        distance: the distance asked for; None: cosine, or the one ``auto``'s threshold was chosen in.
+        rerank: re-ranked distances are asked for.
+        log: where the threshold read for ``auto`` is told.
+
+    Returns:
+        ``(threshold or None, distance)``.
+
+    Raises:
+        DataError: ``auto`` for a run that records no threshold, or that does not fit the flags.
+    """
+    if reid_threshold != "auto":
+        return reid_threshold, distance or "cosine"
+    run = RunDir(run_dir)
+    metrics = run.read_metrics() if run.file(METRICS).is_file() else None
+    reid = (metrics or {}).get("reid")
+    record = reid.get("threshold") if isinstance(reid, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("value"), (int, float)):
+        raise DataError(f"--reid-threshold auto: {run_dir} records no threshold ({METRICS} reid.threshold: runs "
+                        "with the identity task and held-out people seen by two cameras); give a distance or none")
+    if rerank:
+        raise DataError("--reid-threshold auto was chosen on plain distances; with --rerank give a distance "
+                        "(re-ranked distances have another scale) or none")
+    recorded = record.get("distance", "cosine")
+    if distance and distance != recorded:
+        raise DataError(f"--reid-threshold auto is a {recorded} distance; --distance {distance} does not fit "
+                        f"(drop --distance, or give a {distance} threshold)")
+    log(f"reid threshold: {record['value']:.4g} ({recorded}; chosen on the run's held-out people, "
+        f"F1 {record.get('f1', float('nan')):.3f} cross-validated)")
+    return float(record["value"]), recorded

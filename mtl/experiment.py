@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from mtl.config import Config, patience_for, to_dict
+from mtl.data.masks import mask_folder
 from mtl.data.prepare import PreparedData, datasets, prepare_data, uses_pk_sampler
 from mtl.errors import DataError
 from mtl.io import ensure_writable, folder_lock
 from mtl.rundir import HISTORY, NEW, PREDICTIONS, RESUME, TENSORBOARD, DataInfo, ModelInfo, RunDir, clear, plan
-from mtl.tasks import CATEGORICAL, JUNK, KINDS, attribute_tasks, classification_tasks, find_identity
+from mtl.tasks import CATEGORICAL, JUNK, KINDS, attribute_tasks, classification_tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +99,13 @@ def steps_per_epoch(cfg: Config, data: PreparedData) -> tuple[int, bool]:
     (P x K batches are infinite; so is the training data with ``train.steps_per_epoch``)."""
     steps = cfg.train.steps_per_epoch or math.ceil(len(data.train) / cfg.train.batch_size)
     return steps, bool(cfg.train.steps_per_epoch) or uses_pk_sampler(cfg.train.sampler, data.tasks)
+
+
+def evaluation_args(cfg: Config, data: PreparedData) -> dict:
+    """``mtl.evaluation.held_out_metrics`` arguments (besides the model, tasks and table): the one
+    post-training evaluation of training and of each tuning trial."""
+    return {"height": cfg.data.image_height, "width": cfg.data.image_width, "batch_size": cfg.train.batch_size,
+            "seed": cfg.data.split_seed, "masks": mask_folder(cfg.data.person_mask, data.source.root)}
 
 
 def class_weights_for(data: PreparedData, mode: str = "inverse") -> dict | None:
@@ -202,8 +210,7 @@ def _same_labels_as_run(run: RunDir, data: PreparedData) -> PreparedData:
 def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mode: str, log,
                   verbose: bool = False, strategy=None) -> dict:
     from mtl import engine
-    from mtl.data.masks import mask_folder
-    from mtl.inference import evaluate_model
+    from mtl.evaluation import held_out_metrics
     from mtl.models.builder import build_model
 
     show = log or (lambda text: None)
@@ -230,14 +237,8 @@ def _train_locked(cfg: Config, run: RunDir, data: PreparedData, command: str, mo
                         verbose=2 if verbose else None, log=log,
                         images_per_epoch=steps * cfg.train.batch_size if fixed else len(data.train))
     run.save_model(model)
-    h, w, batch = cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size
-    masks = mask_folder(cfg.data.person_mask, data.source.root)  # None: RGB only
-    metrics, predictions = evaluate_model(model, data.tasks, data.val, h, w, batch, masks=masks)
+    metrics, predictions = held_out_metrics(model, data.tasks, data.val, **evaluation_args(cfg, data))
     run.write_csv(PREDICTIONS, predictions)
-    if find_identity(data.tasks) is not None:
-        from mtl.reid.protocol import evaluate_holdout
-
-        metrics["reid"] = evaluate_holdout(model, data.val, h, w, batch, seed=cfg.data.split_seed, masks=masks)
     summary = run.training_summary(result.monitor, result.kept_epoch, result.train_time_s)
     metrics["training"] = {k: v for k, v in vars(summary).items()}
     history = run.read_history()

@@ -211,14 +211,13 @@ def test_evaluate_a_run_with_auxiliary_tasks(junk_run, capsys):
 
 
 def test_junk_threshold_needs_a_run_with_the_junk_output():
-    from mtl.cli.common import check_junk_threshold
+    from mtl.reid.protocol import require_junk_output
 
     image = keras.Input((8, 4, 3))
     model = keras.Model(image, {"gender": keras.layers.Dense(1, name="gender")(keras.layers.Flatten()(image))})
-    check_junk_threshold(None, model, "runs/x")  # not given: nothing to check
     with pytest.raises(DataError, match=r"^--junk-threshold: the run runs/x has no junk output"):
-        check_junk_threshold(0.5, model, "runs/x")
-    check_junk_threshold(0.5, _stub_model(), "runs/x")
+        require_junk_output(model, "runs/x")
+    require_junk_output(_stub_model(), "runs/x")
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0])

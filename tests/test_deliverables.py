@@ -6,8 +6,9 @@ import pytest
 
 from mtl.data.sources.market_course import DOWN_COLUMNS, UP_COLUMNS, market_tasks
 from mtl.deliverables import (classification_columns, classification_frame, rank_gallery, read_reid_txt,
-                              top_k_rows, write_classification_csv, write_reid_txt)
+                              write_classification_csv, write_reid_txt)
 from mtl.errors import DataError
+from mtl.reid.threshold import top_k_rows
 
 EXPECTED_COLUMNS = (["age", "backpack", "bag", "handbag", "clothes", "down", "up", "hair", "hat", "gender"]
                     + [f"up{c}" for c in ("black", "white", "red", "purple", "yellow", "gray", "blue", "green")]

@@ -67,6 +67,19 @@ def test_another_folder_is_scored_with_the_run_class_names(product_run, tmp_path
     assert gender_support == {"Men": 2, "Women": 7, "Unisex": 4}  # the 2 Girls are unknown, not scored
 
 
+def test_evaluate_run_returns_what_it_writes_and_tells_log(product_run, tmp_path, capsys):
+    from mtl.evaluation import evaluate_run
+
+    run = copy_run(product_run, tmp_path)
+    lines = []
+    evaluation = evaluate_run(run, out=tmp_path / "e.json", log=lines.append)
+    assert capsys.readouterr().out == ""  # the library prints nothing itself: every line goes to log
+    assert json.loads((run / "metrics.json").read_text())["evaluation"] == json.loads(json.dumps(evaluation))
+    assert json.loads((tmp_path / "e.json").read_text()) == json.loads(json.dumps(evaluation))
+    assert lines[0] == f"loading run {run}" and lines[-1] == f"written: {tmp_path / 'e.json'}"
+    assert "re-identification: not applicable (products have no camera views)" in lines
+
+
 def test_an_unreadable_metrics_file_stops_before_any_work(product_run, tmp_path, capsys):
     run = copy_run(product_run, tmp_path)
     (run / "metrics.json").write_text('{"tasks": ')

@@ -18,13 +18,6 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "mtl"
 
-# Import edges allowed to close a cycle that another part of the redesign removes: deliverables
-# and the identity threshold import each other. Delete the entry once that cycle is gone
-# (test_known_cycle_edges_still_close_a_cycle says when).
-KNOWN_CYCLE_EDGES = frozenset({
-    ("mtl.reid.threshold", "mtl.deliverables"),
-})
-
 
 def module_name(path: Path, root: Path) -> str:
     """``root/a/b.py`` -> ``a.b`` and ``root/a/__init__.py`` -> ``a`` (root is the folder above the package)."""
@@ -137,10 +130,7 @@ def _mtl_graph() -> dict[str, set[str]]:
 
 
 def test_mtl_imports_have_no_cycle():
-    graph = _mtl_graph()
-    for a, b in KNOWN_CYCLE_EDGES:
-        graph[a].discard(b)
-    cycles = all_cycles(graph)
+    cycles = all_cycles(_mtl_graph())
     assert not cycles, "import cycles in mtl/:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
 
 
@@ -155,12 +145,6 @@ def reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
             seen.add(node)
             todo.extend(graph.get(node, ()))
     return False
-
-
-def test_known_cycle_edges_still_close_a_cycle():
-    graph = _mtl_graph()
-    stale = sorted((a, b) for a, b in KNOWN_CYCLE_EDGES if b not in graph.get(a, ()) or not reaches(graph, b, a))
-    assert not stale, f"these edges close no cycle any more, delete them from KNOWN_CYCLE_EDGES: {stale}"
 
 
 # ---- the graph builder itself, on a small package written for the test ----------------------

@@ -157,10 +157,8 @@ def test_person_mask_config_key():
 
 
 @pytest.fixture(scope="module")
-def mask_run(synthetic_root, tmp_path_factory):
-    from conftest import tiny_config
-    from mtl.experiment import train
-
+def person_masks(synthetic_root, tmp_path_factory):
+    """``(folder, counts)``: the masks of the synthetic data, written by the stand-in segmenter."""
     folder = tmp_path_factory.mktemp("masks") / "m"
     mp = pytest.MonkeyPatch()
     mp.setattr(masks, "PersonSegmenter", _BrightIsPerson)
@@ -169,10 +167,24 @@ def mask_run(synthetic_root, tmp_path_factory):
         counts = masks.write_masks(synthetic_root, folder)
     finally:
         mp.undo()
+    return folder, counts
+
+
+def _mask_config(synthetic_root, folder):
+    """A tiny identity + gender config whose model takes the person mask as a 4th channel."""
+    from conftest import tiny_config
+
+    return tiny_config(synthetic_root, {"data": {"person_mask": str(folder)}}, tasks="identity,gender",
+                       model={"embedding_dim": 16}, train={"epochs": 1, "batch_size": 16, "steps_per_epoch": 2})
+
+
+@pytest.fixture(scope="module")
+def mask_run(person_masks, synthetic_root, tmp_path_factory):
+    from mtl.experiment import train
+
+    folder, counts = person_masks
     out = tmp_path_factory.mktemp("runs") / "mask"
-    cfg = tiny_config(synthetic_root, {"data": {"person_mask": str(folder)}}, tasks="identity,gender",
-                      model={"embedding_dim": 16}, train={"epochs": 1, "batch_size": 16, "steps_per_epoch": 2})
-    return out, folder, counts, train(cfg, out, log=None)
+    return out, folder, counts, train(_mask_config(synthetic_root, folder), out, log=None)
 
 
 @pytest.mark.slow  # a whole run: train (P x K batches with masks), evaluate, predict
@@ -227,3 +239,20 @@ def test_real_pose_model_when_installed(synthetic_root, tmp_path):
     for image in images:
         mask = np.asarray(Image.open(masks.mask_path(image, synthetic_root, tmp_path / "m")))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2] and mask.dtype == np.uint8
+
+
+@pytest.mark.slow  # one tuning trial: build, train, evaluate
+def test_a_tuning_trial_evaluates_a_mask_model_with_its_masks(person_masks, synthetic_root):
+    import keras_tuner
+
+    from mtl.experiment import prepare
+    from mtl.tuning import MtlHyperModel, resolve_objective
+
+    cfg = _mask_config(synthetic_root, person_masks[0])
+    data = prepare(cfg)
+    hypermodel = MtlHyperModel(cfg, data, resolve_objective("reid_mAP", data.tasks), patience=1, verbose=0)
+    hp = keras_tuner.HyperParameters()
+    # the held-out re-identification of the trial feeds the 4-channel model its masks, as training's does
+    results = hypermodel.fit(hp, hypermodel.build(hp))
+    assert 0 <= results["reid_mAP"] <= 1 and 0 <= results["reid_rank1"] <= 1
+    assert 0 <= results["mean_accuracy"] <= 1  # the attribute evaluation, with the masks too

@@ -203,6 +203,19 @@ def test_deliverables_need_only_test_and_queries(pedestrian_run, synthetic_root,
 
 
 @pytest.mark.slow  # a tiny training per module (tens of seconds on a shared CPU)
+def test_write_deliverables_returns_the_files_and_tells_log(pedestrian_run, synthetic_root, tmp_path, capsys):
+    from mtl.deliverables import CLASSIFICATION_FILE, REID_FILE, read_reid_txt, write_deliverables
+
+    lines = []
+    out = tmp_path / "out"
+    assert write_deliverables(pedestrian_run, synthetic_root, out, top=3, log=lines.append) == [
+        out / CLASSIFICATION_FILE, out / REID_FILE]
+    assert capsys.readouterr().out == ""  # the library prints nothing itself: every line goes to log
+    assert lines[-1].startswith(f"written: {out / REID_FILE} (") and "x top 3" in lines[-1]
+    assert {len(names) for names in read_reid_txt(out / REID_FILE).values()} == {3}
+
+
+@pytest.mark.slow  # a tiny training per module (tens of seconds on a shared CPU)
 def test_a_folder_without_test_is_one_clear_error(pedestrian_run, photos, tmp_path):
     root, _ = photos
     with pytest.raises(DataError, match=r"no test/ folder.*--images"):

@@ -129,7 +129,7 @@ def test_market_sized_scan_runs():
 # === The deliverable: variable-length reid_test.txt ===
 
 def test_top_k_rows_breaks_ties_at_the_cut_by_gallery_index():
-    from mtl.deliverables import top_k_rows
+    from mtl.reid.threshold import top_k_rows
 
     # argpartition alone returned any of the 300 tied entries after the smallest one
     d = np.array([[0.1] * 300 + [0.05]], np.float32)

@@ -25,6 +25,7 @@ TF_FREE_MODULES = (
     "mtl.scoring",
     "mtl.tasks",
     "mtl.data.relabel",
+    "mtl.deliverables",
     "mtl.report.render",
 )
 

@@ -130,26 +130,18 @@ def require(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -
         p.error(f"the following arguments are required: {', '.join(missing)}")
 
 
-def check_junk_threshold(value: float | None, model=None, run_dir=None) -> None:
-    """``--junk-threshold`` of ``mtl-evaluate`` and ``mtl-predict``: in [0, 1] (call with the value
-    alone before loading anything), and, given the run's ``model``, only for a run with the
-    ``junk`` output (``data.junk_fraction > 0``).
+def check_junk_threshold(value: float | None) -> None:
+    """``--junk-threshold`` of ``mtl-evaluate`` and ``mtl-predict``: in [0, 1], checked before
+    loading anything (that the run has the ``junk`` output is checked once its model is loaded:
+    ``mtl.reid.protocol.require_junk_output``).
 
     Raises:
-        DataError: either check fails (one line).
+        DataError: out of range (one line).
     """
     from mtl.errors import DataError
 
-    if value is None:
-        return
-    if not 0 <= value <= 1:
+    if value is not None and not 0 <= value <= 1:
         raise DataError(f"--junk-threshold must be in [0, 1], got {value}")
-    if model is None:
-        return
-    from mtl.reid.protocol import has_junk_output
-
-    if not has_junk_output(model):
-        raise DataError(f"--junk-threshold: the run {run_dir} has no junk output (train it with data.junk_fraction > 0)")
 
 
 def _drop_none(d: dict) -> dict:

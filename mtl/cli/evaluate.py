@@ -56,13 +56,10 @@ From a checkout without installing: python scripts/evaluate.py (same flags).
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from mtl.cli.common import check_junk_threshold, new_parser, one_of, run_main
 from mtl.config import valid_values
-from mtl.errors import ConfigError, DataError, MtlError, WriteError
-from mtl.tasks import KINDS
+from mtl.errors import ConfigError
 
 EXAMPLE_QUERIES = 9  # mtl.reid.protocol.EXAMPLE_QUERIES, without importing the numerical stack for --help
 
@@ -104,68 +101,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _line(name: str, m: dict) -> str:
-    return (f"  {name:28s} mAP {m['mAP']:.4f}  rank-1 {m['rank1']:.4f}  rank-5 {m['rank5']:.4f}  "
-            f"rank-10 {m['rank10']:.4f}  mINP {m['mINP']:.4f}")
-
-
-def check_outputs(model, run_tasks, run_dir, wanted: str | None = None) -> list:
-    """The run's tasks to evaluate, after checking that the model predicts each of them.
-
-    Args:
-        model: the run's model.
-        run_tasks: the run's task specs (``tasks.json``).
-        run_dir: the run folder (named in errors).
-        wanted: ``--tasks`` (comma-separated names or ``all``), or None for every task of the run.
-
-    Raises:
-        DataError: ``tasks.json`` and the model's outputs disagree (names both).
-        ConfigError: ``--tasks`` names a task the run's model does not predict (names both).
-    """
-    from mtl.reid.heads import CENTER, EMBEDDING
-
-    outputs = list(model.output_names)
-    names = [t.name for t in run_tasks]
-    extra = [o for o in outputs if o not in names and o not in (EMBEDDING, CENTER)]
-    if [n for n in names if n not in outputs] or extra:
-        raise DataError(f"{run_dir}: the model's outputs ({', '.join(outputs)}) do not match the tasks of "
-                        f"tasks.json ({', '.join(names)})")
-    if not wanted or wanted.strip() == "all":
-        return list(run_tasks)
-    asked = [n.strip() for n in wanted.split(",") if n.strip()]
-    unknown = [n for n in asked if n not in names]
-    if unknown or not asked:
-        raise ConfigError(f"--tasks {wanted}: the run {run_dir} has no task {', '.join(unknown) or '(none given)'}; "
-                          f"its model predicts {', '.join(names)}")
-    return [t for t in run_tasks if t.name in asked]
-
-
-def check_outputs_writable(run_dir: Path, out: str | None) -> dict:
-    """Before any work: read the run's ``metrics.json`` (the evaluation is added to it) and check
-    that the run folder (and ``--out``'s folder) can be written.
-
-    Returns:
-        The metrics read (``{}`` when the run has none).
-
-    Raises:
-        DataError: ``metrics.json`` exists but cannot be read or is not a JSON object.
-        WriteError: a folder the results go to cannot be written.
-    """
-    from mtl.io import ensure_writable
-    from mtl.rundir import METRICS, RunDir
-
-    metrics = RunDir(run_dir).read_metrics()
-    if metrics is not None and not isinstance(metrics, dict):
-        raise DataError(f"cannot read {RunDir(run_dir).file(METRICS)}: expected a JSON object, got "
-                        f"{type(metrics).__name__}")
-    ensure_writable(run_dir)
-    if out:
-        if Path(out).is_dir():
-            raise WriteError(f"cannot write {out}: it is a folder (--out takes a JSON file name)")
-        ensure_writable(Path(out).parent)
-    return metrics or {}
-
-
 def main(argv=None) -> int:
     """Evaluate as ``mtl-evaluate`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -176,115 +111,14 @@ def main(argv=None) -> int:
     if args.examples < 0:
         raise ConfigError(f"--examples {args.examples}: give 0 (no retrieval examples) or more")
     check_junk_threshold(args.junk_threshold)
-    from mtl.io import folder_lock
+    from mtl.evaluation import evaluate_run
 
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise DataError(f"--run {run_dir}: no such run folder")
-    # one process at a time on a run: the evaluation is a read-modify-write of its metrics.json
-    with folder_lock(run_dir, "evaluation"):
-        return _evaluate(args, run_dir)
-
-
-def _evaluate(args, run_dir: Path) -> int:
-    """``main`` once the run folder is locked."""
-    import pandas as pd
-
-    from mtl.data.pipeline import drop_unreadable
-    from mtl.data.masks import mask_folder
-    from mtl.data.relabel import load_for_run, unseen_summary
-    from mtl.reid.protocol import JUNK_THRESHOLD, evaluate_labelled, evaluation_images, no_ranking_reason
-    from mtl.rundir import METRICS, REID_EXAMPLES, RunDir
-    from mtl.runs import load_run
-
-    metrics = check_outputs_writable(run_dir, args.out)
-    print(f"loading run {run_dir}", flush=True)
-    run = load_run(run_dir)  # a corrupt or truncated model.keras is one line naming the file
-    tasks = check_outputs(run.model, run.tasks, run_dir, args.tasks)
-    check_junk_threshold(args.junk_threshold, run.model, run_dir)
-    cfg = run.config
-    root = Path(args.data) if args.data else run.data_root()
-    # labelled with the run's class table, by class name (another folder orders its classes otherwise)
-    source, unseen = load_for_run(root, args.format, tasks)
-    unseen_line = unseen_summary(unseen, tasks)
-    if unseen_line:
-        print(f"{root}: {unseen_line}", flush=True)
-    seed = cfg.data.split_seed if args.seed is None else args.seed
-    query, gallery, what = evaluation_images(source, run.split, run.data.get("root"), args.images, seed)
-    query, skipped_query = drop_unreadable(query)
-    gallery, skipped_gallery = drop_unreadable(gallery)
-    skipped = pd.concat([skipped_query, skipped_gallery], ignore_index=True)
-    if len(skipped):
-        print(f"skipped {len(skipped)} image(s) the pipeline cannot decode, e.g. {skipped['path'][0]} "
-              f"({skipped['reason'][0]})", flush=True)
-    print(f"evaluating on {root}: {what}", flush=True)
-    start = time.time()
-    result = evaluate_labelled(run.model, tasks, query, gallery, cfg.data.image_height, cfg.data.image_width,
-                               args.batch_size or cfg.train.batch_size, args.distance, args.rerank,
-                               args.attr_weight, args.attr_alpha, attributes=not args.no_attributes,
-                               examples=args.examples,
-                               junk_threshold=JUNK_THRESHOLD if args.junk_threshold is None else args.junk_threshold,
-                               masks=mask_folder(args.masks or cfg.data.person_mask, source.root))
-    examples = result.pop("examples", None)
-    evaluation = {
-        "data": str(source.root), "format": source.name, "images": what,
-        "settings": {"images": args.images, "distance": args.distance, "rerank": args.rerank,
-                     "attr_weight": args.attr_weight, "attr_alpha": args.attr_alpha, "seed": seed,
-                     "junk_threshold": args.junk_threshold,
-                     "tasks": [t.name for t in tasks]},
-        "unseen_labels": unseen,
-        "skipped_images": skipped.to_dict("records"),
-        **result, "time_s": round(time.time() - start, 1),
-    }
-
-    attributes = result.get("attributes")
-    if attributes:
-        width = max(map(len, attributes["tasks"]), default=0)
-        for name, r in attributes["tasks"].items():
-            if r.get("accuracy") is not None:
-                print(f"  {name:{width}s}  accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}")
-            elif r.get("mae") is not None:  # a regression task
-                print(f"  {name:{width}s}  {KINDS[r['kind']].result_line(r)}")
-        s = attributes["summary"]
-        if s["mean_accuracy"] is not None:
-            ma = f"  mA {s['mA']:.3f}" if s["mA"] is not None else ""
-            print(f"attributes: mean accuracy {s['mean_accuracy']:.3f}{ma} on {attributes['num_images']} images")
-        from mtl.scoring import instance_line
-
-        if line := instance_line(s):  # the instance-based PAR metrics (mtl.scoring.instance_metrics)
-            print(f"attributes: {line}")
-    reid = result.get("reid")
-    if reid is None:
-        print(f"re-identification: {no_ranking_reason(gallery)}")
-    else:
-        print(f"re-identification ({reid['feature_layer']} features, {reid['distance']} distance, "
-              f"{reid['num_query']} queries, {reid['num_gallery']} gallery images):")
-        if "junk_dropped" in reid:  # a run trained with data.junk_fraction (mtl.reid.protocol.evaluate_labelled)
-            print(f"  junk: {reid['junk_dropped']} gallery image(s) predicted junk (P > {reid['junk_threshold']:g}) "
-                  "left out of the ranking")
-        for key in ("plain", "reranked", "attr_weighted", "attr_weighted_reranked", "attr_multiplicative",
-                    "attr_multiplicative_reranked", "chance"):
-            if key in reid:
-                print(_line(key, reid[key]))
-        for note in reid.get("notes", []):
-            print(f"  note: {note}")
-
-    metrics_path = RunDir(run_dir).file(METRICS)
-    if "evaluation" in metrics:
-        print(f"replacing the previous evaluation in {metrics_path} (data {metrics['evaluation'].get('data')}); "
-              "training metrics are kept")
-    metrics["evaluation"] = evaluation
-    RunDir(run_dir).write_metrics(metrics)
-    print(f"written: {metrics_path} (key 'evaluation')")
-    if examples:
-        RunDir(run_dir).write_json(REID_EXAMPLES, examples)
-        print(f"written: {RunDir(run_dir).file(REID_EXAMPLES)} ({len(examples)} ranked retrieval examples, "
-              f"best to worst AP; shown by mtl-report)")
-    if args.out:
-        from mtl.io import atomic_write_json
-
-        atomic_write_json(args.out, evaluation)
-        print(f"written: {args.out}")
+    # prints the data, the results and the files written (a long evaluation: each line at once)
+    evaluate_run(args.run, data=args.data, format=args.format, images=args.images, distance=args.distance,
+                 rerank=args.rerank, attr_weight=args.attr_weight, attr_alpha=args.attr_alpha, seed=args.seed,
+                 batch_size=args.batch_size, tasks=args.tasks, attributes=not args.no_attributes,
+                 examples=args.examples, out=args.out, junk_threshold=args.junk_threshold, masks=args.masks,
+                 log=lambda line: print(line, flush=True))
     return 0
 
 

@@ -54,6 +54,7 @@ From a checkout without installing: python scripts/predict.py (same flags).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -119,7 +120,13 @@ def main(argv=None) -> int:
         return predict_any_images(args)
     if args.probabilities:
         raise DataError("--probabilities goes with --images (the deliverables have fixed columns)")
-    return write_deliverables(args)
+    from mtl.deliverables import write_deliverables
+
+    # prints the images read, each file written and its shape
+    write_deliverables(args.run, data=args.data, out=args.out, top=args.top or DEFAULT_TOP, distance=args.distance,
+                       rerank=args.rerank, reid_threshold=args.reid_threshold, batch_size=args.batch_size,
+                       junk_threshold=args.junk_threshold, masks=args.masks, log=lambda line: print(line, flush=True))
+    return 0
 
 
 def predict_any_images(args: argparse.Namespace) -> int:
@@ -153,125 +160,12 @@ def predict_any_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_deliverables(args: argparse.Namespace) -> int:
-    """``--data`` (or the run's data folder): ``classification_test.csv`` and ``reid_test.txt``."""
-    import numpy as np
-
-    from mtl.data.masks import mask_folder
-    from mtl.data.pipeline import drop_unreadable
-    from mtl.data.relabel import load_for_run
-    from mtl.deliverables import (CLASSIFICATION_FILE, COLOR_GROUPS, REID_FILE, SCALAR_COLUMNS, classification_frame,
-                                  rank_gallery, threshold_rows, top_k_rows, write_classification_csv,
-                                  write_reid_txt)
-    from mtl.inference import extract_features
-    from mtl.io import ensure_writable, make_folder
-    from mtl.scoring import class_probabilities
-    from mtl.predictions import fill_with_majority
-    from mtl.reid.embedding import embedding_layer_name, feature_model
-    from mtl.reid.protocol import JUNK_THRESHOLD, has_junk_output, junk_flags
-    from mtl.runs import load_run
-    from mtl.tasks import JUNK
-
-    top, distance = args.top or DEFAULT_TOP, args.distance or "cosine"
-    out = Path(args.out) if args.out else Path(args.run)
-    ensure_writable(out)  # before hours of extraction
-    reid_threshold, distance = resolve_reid_threshold(args, distance)
-    run = load_run(args.run)
-    cfg = run.config
-    root = Path(args.data) if args.data else run.data_root()
-    if not (root / "test").is_dir():
-        raise DataError(f"{root}: no test/ folder: the course deliverables need test/ (and queries/ for "
-                        f"{REID_FILE}); to predict on any images: mtl-predict --run {args.run} --images {root}")
-    # the one reader of data for an existing run; only test/ and queries/ are read (no train/ needed)
-    source, _ = load_for_run(root, "market1501_course", run.tasks, require_labels=False, train=False)
-    gallery_all = source.subset("test")
-    queries = source.subset("query")
-    if gallery_all.empty:
-        raise DataError(f"{root}: no test/ images to predict")
-    # a file the pipeline cannot decode would stop feature extraction: it is left out of the extraction
-    gallery, skipped_gallery = drop_unreadable(gallery_all)
-    queries, skipped_queries = drop_unreadable(queries)
-    if gallery.empty:
-        raise DataError(f"{root}: no test/ image can be decoded")
-    make_folder(out)
-    h, w, batch = cfg.data.image_height, cfg.data.image_width, args.batch_size or cfg.train.batch_size
-    deliverable = set(SCALAR_COLUMNS) | set(COLOR_GROUPS)
-    attr_tasks = [t for t in run.tasks if t.name in deliverable]
-    layer = embedding_layer_name(run.model)
-    junk = has_junk_output(run.model)
-    check_junk_threshold(args.junk_threshold, run.model, args.run)
-    start = time.time()
-    for name, skipped in (("test/", skipped_gallery), ("queries/", skipped_queries)):
-        if len(skipped):
-            print(f"{name}: {len(skipped)} image(s) the pipeline cannot decode: "
-                  + "; ".join(f"{p} ({r})" for p, r in zip(skipped["path"][:3], skipped["reason"][:3])), flush=True)
-
-    print(f"test/: {len(gallery)} images, queries/: {len(queries)} images; features: {layer}", flush=True)
-    names = [layer] + [t.name for t in attr_tasks] + ([JUNK] if junk else [])
-    masks = mask_folder(args.masks or cfg.data.person_mask, source.root)  # a 4-channel model's 4th channel
-    outputs = extract_features(feature_model(run.model, names), gallery["path"], h, w, batch, desc="test/ images",
-                               masks=masks)
-    if attr_tasks:
-        predictions = {t.name: class_probabilities(outputs[t.name], t).argmax(1) for t in attr_tasks}
-        decoded = ~gallery_all["path"].isin(skipped_gallery["path"]).to_numpy()
-        frame = classification_frame(gallery_all["path"], fill_with_majority(predictions, decoded))
-        write_classification_csv(out / CLASSIFICATION_FILE, frame)
-        missing = sorted(deliverable - set(predictions))
-        note = f" (the run does not predict {', '.join(missing)}: no columns for them)" if missing else ""
-        print(f"written: {out / CLASSIFICATION_FILE} ({len(frame)} rows){note}", flush=True)
-        if len(skipped_gallery):
-            print(f"note: {CLASSIFICATION_FILE} lists the {len(skipped_gallery)} test/ image(s) that cannot be "
-                  "decoded too (one row per file), with the class the model predicts most often over the other "
-                  "test/ images", flush=True)
-    else:
-        print(f"the run predicts no Market attribute: {CLASSIFICATION_FILE} not written", flush=True)
-
-    if queries.empty:
-        print(f"{root}: no queries/ images: {REID_FILE} not written")
-        return 0
-    g_feat = outputs[layer].reshape(len(gallery), -1)
-    if junk:  # the test/ images the run predicts junk (not a person) are not retrieved
-        threshold = JUNK_THRESHOLD if args.junk_threshold is None else args.junk_threshold
-        is_junk = junk_flags(outputs[JUNK], threshold)
-        gallery, g_feat = gallery[~is_junk].reset_index(drop=True), g_feat[~is_junk]
-        print(f"junk: {int(is_junk.sum())} of {len(is_junk)} test/ image(s) predicted junk (P > {threshold:g}) "
-              f"left out of {REID_FILE}", flush=True)
-        if gallery.empty:
-            raise DataError(f"every test/ image is predicted junk (P > {threshold:g}): raise --junk-threshold")
-    del outputs
-    q_feat = extract_features(feature_model(run.model, [layer]), queries["path"], h, w, batch,
-                              desc="queries/ images", masks=masks)[layer].reshape(len(queries), -1)
-    if args.rerank:
-        from mtl.reid.protocol import RERANK_PARAMS
-        from mtl.reid.rerank import re_ranking_features
-
-        print("re-ranking (k-reciprocal) ...", flush=True)
-        reranked = re_ranking_features(q_feat, g_feat, metric=distance, **RERANK_PARAMS)
-        ranking = top_k_rows(reranked, top) if reid_threshold is None else threshold_rows(reranked, reid_threshold, top)
-    else:
-        ranking = rank_gallery(q_feat, g_feat, top, distance, threshold=reid_threshold)
-    write_reid_txt(out / REID_FILE, queries["path"], gallery["path"], ranking)
-    note = ""
-    if len(skipped_gallery) or len(skipped_queries):
-        note = (f"; left out as they cannot be decoded: {len(skipped_gallery)} test/ and {len(skipped_queries)} "
-                "queries/ image(s)")
-    sizes = [len(row) for row in ranking]
-    shape = (f"x top {max(sizes, default=0)}" if reid_threshold is None else
-             f"with {min(sizes, default=0)}-{max(sizes, default=0)} images each, mean {np.mean(sizes or [0]):.1f}, "
-             f"at distance <= {reid_threshold:.4g}")
-    print(f"written: {out / REID_FILE} ({len(queries)} queries {shape}){note} "
-          f"in {time.time() - start:.0f} s")
-    return 0
-
-
 def parse_reid_threshold(text: str) -> str | float | None:
     """``--reid-threshold``: ``none`` -> None, ``auto`` -> ``"auto"``, a finite number -> float.
 
     Raises:
         DataError: anything else (names the value and the valid ones).
     """
-    import math
-
     value = str(text).strip().lower()
     if value in ("none", "auto"):
         return None if value == "none" else "auto"
@@ -282,41 +176,6 @@ def parse_reid_threshold(text: str) -> str | float | None:
     if not math.isfinite(number):
         raise DataError(f"--reid-threshold {text!r}: expected auto, none or a distance (a finite number)")
     return number
-
-
-def resolve_reid_threshold(args: argparse.Namespace, distance: str) -> tuple[float | None, str]:
-    """The deliverable's distance threshold and the distance it is in, from ``--reid-threshold``.
-
-    ``auto`` reads ``metrics.json["reid"]["threshold"]`` (chosen on the run's held-out people, in
-    the plain distance it records, which is then the distance used unless ``--distance`` names
-    another: an error, as is ``--rerank``, whose distances have another scale).
-
-    Returns:
-        ``(threshold or None, distance)``.
-
-    Raises:
-        DataError: ``auto`` for a run that records no threshold, or that does not fit the flags.
-    """
-    from mtl.rundir import METRICS, RunDir
-
-    if args.reid_threshold != "auto":
-        return args.reid_threshold, distance
-    metrics = RunDir(args.run).read_metrics() if RunDir(args.run).file(METRICS).is_file() else None
-    reid = (metrics or {}).get("reid")
-    record = reid.get("threshold") if isinstance(reid, dict) else None
-    if not isinstance(record, dict) or not isinstance(record.get("value"), (int, float)):
-        raise DataError(f"--reid-threshold auto: {args.run} records no threshold ({METRICS} reid.threshold: runs "
-                        "with the identity task and held-out people seen by two cameras); give a distance or none")
-    if args.rerank:
-        raise DataError("--reid-threshold auto was chosen on plain distances; with --rerank give a distance "
-                        "(re-ranked distances have another scale) or none")
-    recorded = record.get("distance", "cosine")
-    if args.distance and args.distance != recorded:
-        raise DataError(f"--reid-threshold auto is a {recorded} distance; --distance {args.distance} does not fit "
-                        f"(drop --distance, or give a {args.distance} threshold)")
-    print(f"reid threshold: {record['value']:.4g} ({recorded}; chosen on the run's held-out people, "
-          f"F1 {record.get('f1', float('nan')):.3f} cross-validated)", flush=True)
-    return float(record["value"]), recorded
 
 
 def entry() -> None:

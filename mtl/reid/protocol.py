@@ -151,6 +151,16 @@ def has_junk_output(model) -> bool:
     return any(layer.name == JUNK for layer in model.layers)
 
 
+def require_junk_output(model, run_dir) -> None:
+    """A junk threshold was given for the run in ``run_dir``: its ``model`` must have the ``junk`` output.
+
+    Raises:
+        DataError: it has none (one line, naming the run).
+    """
+    if not has_junk_output(model):
+        raise DataError(f"--junk-threshold: the run {run_dir} has no junk output (train it with data.junk_fraction > 0)")
+
+
 def junk_flags(probabilities, threshold: float = JUNK_THRESHOLD) -> np.ndarray:
     """``(N,)`` bool: the images whose ``junk`` output (P(junk), ``(N,)`` or ``(N, 1)``) is above ``threshold``."""
     return np.asarray(probabilities, np.float32).reshape(len(probabilities), -1)[:, -1] > threshold

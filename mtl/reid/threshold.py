@@ -50,8 +50,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["returned_counts", "retrieval_scores", "topk_scores", "scan_thresholds", "choose_threshold",
-           "holdout_threshold", "MIN_RETURN", "TOP_K"]
+__all__ = ["top_k_rows", "returned_counts", "retrieval_scores", "topk_scores", "scan_thresholds",
+           "choose_threshold", "holdout_threshold", "MIN_RETURN", "TOP_K"]
 
 MIN_RETURN = 1  # a query always gets its nearest image (the reid_test.txt line needs one name)
 TOP_K = 100  # the deliverable's fixed length without a threshold (mtl-predict --top default)
@@ -62,6 +62,27 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 # === The return rule ===
+
+def top_k_rows(distmat: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` smallest entries of each row, smallest first (ties: lower index):
+    the order of the return rule, and of every ``reid_test.txt`` line (``mtl.deliverables``)."""
+    distmat = np.asarray(distmat)
+    k = min(int(k), distmat.shape[1])
+    if 0 < k < distmat.shape[1]:
+        # argpartition picks any of the entries tied with the k-th value: take all those below
+        # it, then the lowest-index ones equal to it (a stable sort's choice)
+        kth = np.take_along_axis(distmat, np.argpartition(distmat, k - 1, axis=1)[:, k - 1:k], axis=1)
+        below = distmat < kth
+        tied = distmat == kth
+        room = k - np.count_nonzero(below, axis=1, keepdims=True)
+        chosen = below | (tied & (np.cumsum(tied, axis=1) <= room))
+        part = np.nonzero(chosen)[1].reshape(len(distmat), k)
+    else:
+        part = np.broadcast_to(np.arange(distmat.shape[1]), distmat.shape).copy()
+    values = np.take_along_axis(distmat, part, axis=1)
+    order = np.lexsort((part, values), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
 
 def returned_counts(distmat, threshold: float, min_return: int = MIN_RETURN, max_return: int | None = None
                     ) -> np.ndarray:
@@ -123,8 +144,6 @@ def _blocks(distmat, q_ids, g_ids, q_cams, g_cams, rows: int):
 
 def _prefix_hits(block, match, k):
     """``(b, k + 1)``: matches among the first ``0..k`` images of each row's stable order."""
-    from mtl.deliverables import top_k_rows  # the deliverable's own ordering
-
     hits = np.zeros((block.shape[0], k + 1), np.int64)
     if k:
         top = top_k_rows(block, k)

@@ -11,11 +11,10 @@ from typing import Mapping
 
 import keras_tuner
 import numpy as np
-import pandas as pd
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
 from mtl.config import Config, patience_for
-from mtl.tasks import find_identity
+from mtl.evaluation import held_out_metrics
 from mtl.tuning.objective import Objective
 from mtl.tuning.space import config_for, search_space
 
@@ -89,9 +88,7 @@ class MtlHyperModel(keras_tuner.HyperModel):
             ``epochs_run``, ``best_epoch`` and ``trial_seconds``.
         """
         from mtl import engine
-        from mtl.experiment import steps_per_epoch, train_args
-        from mtl.data.masks import mask_folder
-        from mtl.inference import evaluate_model
+        from mtl.experiment import evaluation_args, steps_per_epoch, train_args
 
         start = time.time()
         cfg = self.trial_config(hp)
@@ -107,15 +104,15 @@ class MtlHyperModel(keras_tuner.HyperModel):
             raise keras_tuner.errors.FailedTrialError("the trial ran no epoch")
         best = result.kept_epoch - 1  # 0-based
         row = next((r for r in result.epochs if r["epoch"] == best), result.epochs[-1])
-        masks = mask_folder(cfg.data.person_mask, self.data.source.root)
-        metrics, _ = evaluate_model(model, self.tasks, self.data.val, cfg.data.image_height, cfg.data.image_width,
-                                    cfg.train.batch_size, masks=masks)
+        # training's evaluation; a trial's objective needs the plain distance only
+        metrics, _ = held_out_metrics(model, self.tasks, self.data.val, rerank="no",
+                                      **evaluation_args(cfg, self.data))
         # recorded per trial: the objective's parts and the summary metrics (a readable table)
         available = {**{k: float(v) for k, v in row.items() if k.startswith("val_")}, **post_trial_metrics(metrics)}
         keep = set(self.objective.parts) | {"val_loss", "val_masked_loss", "mean_accuracy", "mean_macro_f1", "mA", "instance_f1"}
         results = {k: v for k, v in available.items() if k in keep}
-        if find_identity(self.tasks) is not None:
-            results.update(reid_metrics(model, self.data.val, cfg))
+        if "reid" in metrics:
+            results.update(reid_metrics(metrics["reid"]))
         missing = [p for p in self.objective.parts if results.get(p) is None or not np.isfinite(results[p])]
         if missing:
             raise keras_tuner.errors.FailedTrialError(
@@ -140,16 +137,17 @@ def post_trial_metrics(metrics: Mapping) -> dict:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-def reid_metrics(model, table: pd.DataFrame, cfg: Config) -> dict:
-    """Re-identification mAP / rank-1 on held-out identities, as training reports them
-    (``mtl.reid.protocol.evaluate_holdout``: one query per identity and camera, plain distance)."""
-    from mtl.reid.protocol import evaluate_holdout
+def reid_metrics(reid: Mapping) -> dict:
+    """Re-identification mAP / rank-1 on held-out identities, from the ``reid`` part of
+    ``mtl.evaluation.held_out_metrics`` (``mtl.reid.protocol.evaluate_holdout``: one query per
+    identity and camera, plain distance).
 
-    result = evaluate_holdout(model, table, cfg.data.image_height, cfg.data.image_width, cfg.train.batch_size,
-                              seed=cfg.data.split_seed, rerank="no")
-    if "skipped" in result:
-        raise keras_tuner.errors.FailedTrialError(f"no re-identification metrics: {result['skipped']}")
-    return {"reid_mAP": float(result["plain"]["mAP"]), "reid_rank1": float(result["plain"]["rank1"])}
+    Raises:
+        FailedTrialError: no re-identification could be evaluated (names why).
+    """
+    if "skipped" in reid:
+        raise keras_tuner.errors.FailedTrialError(f"no re-identification metrics: {reid['skipped']}")
+    return {"reid_mAP": float(reid["plain"]["mAP"]), "reid_rank1": float(reid["plain"]["rank1"])}
 
 
 def trial_patience(cfg: Config) -> int:
