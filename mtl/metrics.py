@@ -21,23 +21,17 @@ def _predicted_class(y_pred):
     return ops.cast(ops.argmax(y_pred, axis=-1), "int32")
 
 
-class _MaskedMean(keras.metrics.Metric):
-    """Sum of a per-row value over labelled rows / number of labelled rows, over an epoch."""
+class _EpochMean(keras.metrics.Metric):
+    """Sum of a per-row value over the labelled rows / their number, over an epoch."""
 
     def __init__(self, name, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
-    def per_row(self, labels, y_pred):
-        raise NotImplementedError
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        valid = ops.cast(labels >= 0, "float32")
-        safe = ops.where(labels >= 0, labels, ops.zeros_like(labels))
-        values = self.per_row(safe, ops.cast(y_pred, "float32"))
-        self.total.assign_add(ops.sum(values * valid))
+    def _add(self, values, valid):
+        valid = ops.cast(valid, "float32")
+        self.total.assign_add(ops.sum(ops.where(valid > 0, values, ops.zeros_like(values))))
         self.count.assign_add(ops.sum(valid))
 
     def result(self):
@@ -46,6 +40,18 @@ class _MaskedMean(keras.metrics.Metric):
     def reset_state(self):
         self.total.assign(0.0)
         self.count.assign(0.0)
+
+
+class _MaskedMean(_EpochMean):
+    """An epoch mean over the rows with a class label (``-1`` = missing)."""
+
+    def per_row(self, labels, y_pred):
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        safe = ops.where(labels >= 0, labels, ops.zeros_like(labels))
+        self._add(self.per_row(safe, ops.cast(y_pred, "float32")), labels >= 0)
 
 
 @keras.saving.register_keras_serializable(package="mtl")
@@ -72,13 +78,8 @@ class MaskedCrossentropy(_MaskedMean):
         return categorical_rows(ops.one_hot(labels, ops.shape(y_pred)[-1]), y_pred)
 
 
-class _MaskedValueMean(keras.metrics.Metric):
-    """Mean of a per-row value over the rows with a finite (regression) label, over an epoch."""
-
-    def __init__(self, name, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+class _MaskedValueMean(_EpochMean):
+    """An epoch mean over the rows with a finite value label (regression; NaN = missing)."""
 
     def per_row(self, error):
         raise NotImplementedError
@@ -87,16 +88,7 @@ class _MaskedValueMean(keras.metrics.Metric):
         target = ops.reshape(ops.cast(y_true, "float32"), (-1,))
         valid = ops.logical_not(ops.isnan(target))
         error = ops.reshape(ops.cast(y_pred, "float32"), (-1,)) - ops.where(valid, target, ops.zeros_like(target))
-        values = ops.where(valid, self.per_row(error), ops.zeros_like(error))
-        self.total.assign_add(ops.sum(values))
-        self.count.assign_add(ops.sum(ops.cast(valid, "float32")))
-
-    def result(self):
-        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), 0.0)
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
+        self._add(self.per_row(error), valid)
 
 
 @keras.saving.register_keras_serializable(package="mtl")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -62,7 +62,6 @@ class TaskKind:
             attribute matrix and a term of mA (``mtl.scoring``).
         epoch_loss: the training metric that is the task's loss over the whole epoch (what
             ``masked_loss`` sums, ``mtl.callbacks.MaskedLossLogger``); None: not in it.
-        missing: the label of a row without one.
         report_metrics: ``(key, label)`` of the figures of ``evaluate``'s result the report's
             section of the task shows; ``report_percent``: as percentages.
         report_figure: the figure of that section, drawn from ``val_predictions.csv``:
@@ -75,7 +74,6 @@ class TaskKind:
     in_all: ClassVar[bool] = True
     yes_no: ClassVar[bool] = False
     epoch_loss: ClassVar[str | None] = "xent"
-    missing: ClassVar[Any] = -1
     report_metrics: ClassVar[tuple] = (("accuracy", "accuracy"), ("majority_accuracy", "majority baseline"),
                                        ("macro_f1", "macro F1"), ("balanced_accuracy", "balanced accuracy"))
     report_percent: ClassVar[bool] = True
@@ -107,10 +105,6 @@ class TaskKind:
             raise DataError(
                 f"label out of range in task {spec.name!r}: {int(column.iloc[bad[0]])} for {paths.iloc[bad[0]]} "
                 f"(valid: -1 for missing, 0..{spec.num_classes - 1})")
-
-    def labelled(self, labels) -> np.ndarray:
-        """Which rows of ``labels`` have a label."""
-        return np.asarray(labels) >= 0
 
     def fit(self, spec: "TaskSpec", labels) -> "TaskSpec":
         """The spec with what it learns from the training split's labels (nothing by default)."""
@@ -291,7 +285,6 @@ class Regression(TaskKind):
     # a year or a price is asked for by name: it is rarely what a photo shows
     in_all = False
     epoch_loss = "huber"
-    missing = float("nan")
     report_metrics = (("mae", "mean absolute error"), ("baseline_mae", "MAE predicting the mean"),
                       ("rmse", "root mean squared error"), ("r2", "R²"))
     report_percent = False
@@ -333,9 +326,6 @@ class Regression(TaskKind):
         bad = np.flatnonzero(np.isinf(np.asarray(column)))
         if len(bad):
             raise DataError(f"task {spec.name!r}: {column.iloc[bad[0]]} for {paths.iloc[bad[0]]} is not a finite number")
-
-    def labelled(self, labels):
-        return np.isfinite(np.asarray(labels, dtype=np.float64))
 
     def fit(self, spec, labels):
         values = np.asarray(labels, dtype=np.float64)

@@ -89,6 +89,7 @@ def test_fashion_and_its_options(tmp_path):
     folder = load_source(root, rare_threshold=0.01)
     assert_same_source(folder, load_source(ready, rare_threshold=0.01))
     assert (folder.table[list(folder.tasks)] == -1).any().any()  # missing labels went through
+    assert folder.tasks["year"].kind == "regression" and folder.table["year"].isna().any()  # a value, and NaN
     with pytest.raises(ConfigError, match="rare_threshold"):
         load_source(ready, rare_threshold=0.2)
     with pytest.raises(DataError, match="fashion"):

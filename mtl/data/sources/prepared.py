@@ -138,6 +138,9 @@ def load_prepared(root: str | Path, format: str = "auto", **options):
             row = {"path": str(files / name), "identity": int(ex["identity"]), "camera": int(ex["camera"]),
                    "subset": subset, "_index": int(ex["index"])}
             for task, spec in tasks.items():
+                if not spec.type.has_classes:  # a value, NaN where missing
+                    row[task] = float(ex["labels"][task])
+                    continue
                 value = int(ex["labels"][task])
                 row[task] = -1 if value == spec.num_classes else value
             rows.append(row)

@@ -13,7 +13,8 @@ sharded TFRecords, one TFDS split per non-empty subset (``train``, ``query``, ``
 ``camera``      int64, ``-1`` where unknown
 ``labels``      one ``ClassLabel`` per task, named by the task table; its LAST class is
                 ``MISSING`` (``"__missing__"``): a missing label (``-1`` in the package) is
-                stored as ``num_classes`` of the task, because a ``ClassLabel`` cannot hold -1
+                stored as ``num_classes`` of the task, because a ``ClassLabel`` cannot hold -1;
+                a regression task's value is a float32 ``Scalar``, NaN where missing
 ==============  =======================================================================
 
 The dataset's metadata (``metadata.json``) keeps what the table alone does not: the format,
@@ -51,7 +52,8 @@ def source_options(format: str) -> dict:
 
 def features_for(source: SourceData) -> tfds.features.FeaturesDict:
     """The TFDS features of a source (see the module docstring)."""
-    labels = {name: tfds.features.ClassLabel(names=[*spec.classes, MISSING]) for name, spec in source.tasks.items()}
+    labels = {name: tfds.features.ClassLabel(names=[*spec.classes, MISSING]) if spec.type.has_classes
+              else tfds.features.Scalar(dtype=np.float32) for name, spec in source.tasks.items()}
     return tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(None, None, 3)),
         "file_name": tfds.features.Text(),
@@ -135,6 +137,9 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             row = table.iloc[index]
             labels = {}
             for name, spec in source.tasks.items():
+                if not spec.type.has_classes:  # a value, NaN where missing
+                    labels[name] = float(row[name])
+                    continue
                 value = int(row[name])
                 labels[name] = spec.num_classes if value < 0 else value
             yield int(index), {
