@@ -98,8 +98,10 @@ def test_bad_input_is_one_clear_error(tmp_path, args, message):
 def test_train_on_real_market_course(tmp_path):
     root = shared_dataset("market1501-course")
     out = tmp_path / "run"
+    # TensorFlow 2.21's oneDNN kernels abort ("double free or corruption") on these real crops on
+    # some AVX-512 machines, with the code of before the redesign too; without them it trains
     result = run_train("--data", str(root), "--tasks", "all", "--epochs", "1", "--out", str(out),
-                       "--set", "data.max_images=300", *TINY)
+                       "--set", "data.max_images=300", *TINY, env={"TF_ENABLE_ONEDNN_OPTS": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["tasks"]) == 12 and metrics["summary"]["mA"] is not None
