@@ -106,7 +106,7 @@ class TaskKind:
                 f"label out of range in task {spec.name!r}: {int(column.iloc[bad[0]])} for {paths.iloc[bad[0]]} "
                 f"(valid: -1 for missing, 0..{spec.num_classes - 1})")
 
-    def fit(self, spec: "TaskSpec", labels) -> "TaskSpec":
+    def fit_labels(self, spec: "TaskSpec", labels) -> "TaskSpec":
         """The spec with what it learns from the training split's labels (nothing by default)."""
         return spec
 
@@ -276,7 +276,7 @@ REGRESSION_KEYS = ("mae", "rmse", "r2", "baseline_mae", "median_absolute_error")
 
 class Regression(TaskKind):
     """One real value per image. The output layer predicts it in the labels' units: a linear unit
-    scaled by the training labels' spread and shifted by their centre (``fit``), so that the unit
+    scaled by the training labels' spread and shifted by their centre (``fit_labels``), so that the unit
     starts near 0 whatever the units; the loss is the masked Huber loss of the error in units of
     that spread (``mtl.losses.MaskedHuber``), comparable in size with a cross-entropy."""
 
@@ -327,7 +327,7 @@ class Regression(TaskKind):
         if len(bad):
             raise DataError(f"task {spec.name!r}: {column.iloc[bad[0]]} for {paths.iloc[bad[0]]} is not a finite number")
 
-    def fit(self, spec, labels):
+    def fit_labels(self, spec, labels):
         values = np.asarray(labels, dtype=np.float64)
         values = values[np.isfinite(values)]
         if not len(values):
@@ -395,7 +395,7 @@ class TaskSpec:
         classes: class names, index ``i`` is label ``i`` (none for a regression task).
         kind: a key of ``KINDS``.
         center, spread: a regression task's training labels' mean and standard deviation
-            (``TaskKind.fit``); 0 and 1 for the other kinds.
+            (``TaskKind.fit_labels``); 0 and 1 for the other kinds.
     """
 
     name: str

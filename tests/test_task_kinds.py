@@ -56,12 +56,12 @@ def test_the_selections_follow_the_kinds():
 
 
 def test_fitting_a_regression_task_takes_the_training_labels_centre_and_spread():
-    fitted = YEAR.type.fit(TaskSpec("year", (), REGRESSION), pd.Series([2010.0, np.nan, 2014.0]))
+    fitted = YEAR.type.fit_labels(TaskSpec("year", (), REGRESSION), pd.Series([2010.0, np.nan, 2014.0]))
     assert (fitted.center, fitted.spread) == (2012.0, 2.0)
-    assert YEAR.type.fit(TaskSpec("year", (), REGRESSION), [5.0, 5.0]).spread == 1.0  # constant: unit spread
+    assert YEAR.type.fit_labels(TaskSpec("year", (), REGRESSION), [5.0, 5.0]).spread == 1.0  # constant: unit spread
     with pytest.raises(DataError, match="no labelled training image"):
-        YEAR.type.fit(YEAR, [np.nan])
-    assert AGE.type.fit(AGE, [0, 1]) is AGE
+        YEAR.type.fit_labels(YEAR, [np.nan])
+    assert AGE.type.fit_labels(AGE, [0, 1]) is AGE
 
 
 def test_masked_huber_is_the_mean_over_labelled_rows_in_units_of_the_spread():

@@ -143,7 +143,7 @@ def prepare_data(root: str | Path | None, format: str = "auto", tasks: str | Seq
         fraction = val_identities / num_ids
     train, val = split_by_identity(labelled, on, fraction, split_seed)
     # what a task learns from its training labels (a regression task's centre and spread)
-    specs = [spec.type.fit(spec, train[spec.name]) for spec in specs]
+    specs = [spec.type.fit_labels(spec, train[spec.name]) for spec in specs]
     if want_identity:
         specs.append(identity_task_for(train))
     if junk:
