@@ -93,8 +93,9 @@ class TaskKind:
 
     def table_column(self, values) -> np.ndarray:
         """Label values of a source table (None / NaN missing) as the table's column."""
-        return np.asarray([-1 if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-                           for v in values], dtype=np.int64)
+        import pandas as pd
+
+        return pd.Series(values, dtype="float64").fillna(-1).astype("int64").to_numpy()
 
     def check_column(self, spec: "TaskSpec", column, paths) -> None:
         """Raise ``DataError`` naming the first bad label of a source table's column."""
@@ -318,7 +319,9 @@ class Regression(TaskKind):
         return np.asarray(column, dtype=np.float32)
 
     def table_column(self, values):
-        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        import pandas as pd
+
+        return pd.Series(values, dtype="float64").to_numpy()
 
     def check_column(self, spec, column, paths):
         if not np.issubdtype(column.dtype, np.floating):

@@ -291,7 +291,8 @@ def add_junk(images: tf.Tensor, labels: Mapping[str, tf.Tensor], fraction: float
     ``JUNK_AREA`` of it (aspect ``JUNK_ASPECT`` times the image's, uniform position), resized back
     to the full size: a patch of clothing or background, no whole person. Those rows are labelled
     ``1`` in the ``junk`` task and ``-1`` (missing) in every other output, the identity ones
-    included (NaN in a regression output), so a junk crop is never an identity class, an anchor or a positive; the other rows
+    included (NaN in a regression output), so a junk crop is never an identity class, an anchor
+    or a positive; the other rows
     keep their labels (``junk`` 0). Every draw is a stateless op keyed by ``seed``.
 
     Args:
